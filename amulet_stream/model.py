@@ -1,0 +1,148 @@
+"""Self-describing ONNX anomaly model: loading, validation and scoring with onnxruntime."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from .features import Profile, ProfileError, profile_from_dict
+
+_LOGGER = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META_KEY = "amulet"
+INPUT_NAME = "features"
+OUTPUT_NAME = "score"
+REQUIRED = (
+    "format_version",
+    "profile",
+    "threshold",
+    "threshold_method",
+    "train_scores",
+    "fingerprint",
+    "versions",
+    "parity",
+)
+
+F32 = npt.NDArray[np.float32]
+
+
+class ModelError(ValueError):
+    """A file that is not a usable amulet model; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """The amulet metadata stored in the model's metadata_props."""
+
+    profile: Profile
+    threshold: float
+    """Score above which a window is anomalous (before sensitivity)."""
+    threshold_method: str
+    raw: dict[str, Any]
+    """The whole metadata document as stored."""
+
+
+def parse_meta(props: dict[str, str], name: str) -> ModelMeta:
+    """Validate the metadata map of an ONNX model; raise ModelError naming the problem."""
+    if META_KEY not in props:
+        raise ModelError(f"{name}: not an amulet model (no '{META_KEY}' metadata)")
+    try:
+        doc = json.loads(props[META_KEY])
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{name}: amulet metadata is not valid JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise ModelError(f"{name}: amulet metadata is not a JSON object")
+    missing = [k for k in REQUIRED if k not in doc]
+    if missing:
+        raise ModelError(f"{name}: amulet metadata lacks {', '.join(missing)}")
+    if doc["format_version"] != FORMAT_VERSION:
+        raise ModelError(
+            f"{name}: model format version {doc['format_version']!r}, this version reads "
+            f"{FORMAT_VERSION}"
+        )
+    try:
+        profile = profile_from_dict(doc["profile"])
+    except ProfileError as err:
+        raise ModelError(f"{name}: {err}") from err
+    threshold = doc["threshold"]
+    if not isinstance(threshold, (int, float)) or not np.isfinite(threshold) or threshold <= 0:
+        raise ModelError(f"{name}: threshold {threshold!r} is not a positive number")
+    return ModelMeta(profile, float(threshold), str(doc["threshold_method"]), doc)
+
+
+class Model:
+    """An amulet model ready to score: vectors (M, D) float32 -> scores (M,) float32.
+
+    One InferenceSession; onnxruntime sessions may be shared between threads."""
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        self.path = path
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise ModelError(f"{path}: cannot read model: {err.strerror or err}") from err
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"{path}: not a valid ONNX model: {err}") from err
+        props = dict(self._session.get_modelmeta().custom_metadata_map)
+        self.meta = parse_meta(props, str(path))
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in outputs]:
+            raise ModelError(
+                f"{path}: graph must take '{INPUT_NAME}' and give '{OUTPUT_NAME}' "
+                f"(has inputs {[i.name for i in inputs]}, outputs {[o.name for o in outputs]})"
+            )
+        dim = inputs[0].shape[-1]
+        if dim != self.meta.profile.dim:
+            raise ModelError(
+                f"{path}: graph input has {dim} features, profile "
+                f"{self.meta.profile.name} gives {self.meta.profile.dim}"
+            )
+
+    @property
+    def profile(self) -> Profile:
+        """The feature profile the model was trained on."""
+        return self.meta.profile
+
+    @property
+    def threshold(self) -> float:
+        """The model's stored threshold."""
+        return self.meta.threshold
+
+    def score_vectors(self, vectors: F32) -> F32:
+        """Mean absolute reconstruction error of each raw feature vector, (M, D) -> (M,)."""
+        feed = {INPUT_NAME: np.ascontiguousarray(vectors, np.float32)}
+        out: F32 = np.asarray(self._session.run([OUTPUT_NAME], feed)[0], dtype=np.float32)
+        return out.reshape(-1)
+
+    def score_windows(self, feats: F32) -> F32:
+        """Window scores from features (N, V, D): the mean of each window's vector scores."""
+        n, v, d = feats.shape
+        if n == 0:
+            return np.zeros(0, np.float32)
+        scores: F32 = self.score_vectors(feats.reshape(n * v, d)).reshape(n, v).mean(axis=1)
+        return scores
+
+    def info(self) -> dict[str, Any]:
+        """Metadata plus file facts, for `amulet-stream info` (parity inputs left out)."""
+        doc = dict(self.meta.raw)
+        parity = dict(doc.get("parity", {}))
+        parity.pop("inputs", None)
+        parity.pop("scores", None)
+        doc["parity"] = parity
+        return {"path": str(self.path), "sha256": self.sha256, **doc}

@@ -1,0 +1,94 @@
+"""Streaming polyphase resampler, equal to scipy.signal.resample_poly over the whole signal."""
+
+from __future__ import annotations
+
+import logging
+from math import gcd
+
+import numpy as np
+import numpy.typing as npt
+from scipy.signal import firwin
+
+_LOGGER = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+
+
+class StreamResampler:
+    """Converts float32 mono blocks from `rate_in` to `rate_out` Hz, keeping state between blocks.
+
+    Kaiser-windowed (beta 5) FIR like resample_poly; not thread-safe: one producer.
+    """
+
+    def __init__(self, rate_in: int, rate_out: int) -> None:
+        g = gcd(rate_in, rate_out)
+        self.up, self.down = rate_out // g, rate_in // g
+        self.rate_in, self.rate_out = rate_in, rate_out
+        max_rate = max(self.up, self.down)
+        self._half = 10 * max_rate
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = 0  # global input index of _buf[0]
+        self._n_in = 0
+        self._n_out = 0
+        if self.passthrough:
+            return
+        h = firwin(2 * self._half + 1, 1.0 / max_rate, window=("kaiser", 5.0)) * self.up
+        self._taps = -(-(2 * self._half + 1) // self.up)
+        hpad = np.zeros(self._taps * self.up)
+        hpad[: h.size] = h
+        # table[phase, t] = h[phase + t*up]
+        self._table = hpad.reshape(self._taps, self.up).T.astype(np.float32).copy()
+
+    @property
+    def passthrough(self) -> bool:
+        """True when the rates are equal and blocks pass unchanged."""
+        return self.up == self.down
+
+    def _emit(self, last_j: int) -> F32:
+        """Outputs with index n_out..last_j-1; inputs past n_in count as zeros."""
+        if last_j <= self._n_out:
+            return np.zeros(0, dtype=np.float32)
+        js = np.arange(self._n_out, last_j, dtype=np.int64)
+        p = js * self.down + self._half
+        i_max = p // self.up
+        phase = p - i_max * self.up
+        idx = i_max[:, None] - np.arange(self._taps)[None, :] - self._buf_start
+        pad_left = max(0, -int(idx.min()))
+        pad_right = max(0, int(idx.max()) + 1 - self._buf.size)
+        buf = self._buf
+        if pad_left or pad_right:
+            buf = np.concatenate(
+                [np.zeros(pad_left, np.float32), buf, np.zeros(pad_right, np.float32)]
+            )
+        out: F32 = np.einsum("jt,jt->j", buf[idx + pad_left], self._table[phase]).astype(np.float32)
+        self._n_out = last_j
+        # keep only inputs still needed by the next output
+        p_next = last_j * self.down + self._half
+        keep_from = p_next // self.up - self._taps + 1
+        drop = min(max(0, keep_from - self._buf_start), self._buf.size)
+        self._buf = self._buf[drop:]
+        self._buf_start += drop
+        return out
+
+    def process(self, block: F32) -> F32:
+        """Feed mono float32 samples at rate_in; return the output samples now complete."""
+        if self.passthrough:
+            return block
+        self._buf = np.concatenate([self._buf, block.astype(np.float32, copy=False)])
+        self._n_in += block.size
+        # output j is complete when its newest input index i_max(j) < n_in
+        last_j = ((self._n_in - 1) * self.up - self._half) // self.down + 1
+        return self._emit(max(last_j, self._n_out))
+
+    def flush(self) -> F32:
+        """End of stream: the remaining outputs, ceil(n_in*up/down) in total."""
+        if self.passthrough:
+            return np.zeros(0, dtype=np.float32)
+        total = -(-self._n_in * self.up // self.down)
+        return self._emit(total)
+
+
+def resample(samples: F32, rate_in: int, rate_out: int) -> F32:
+    """Whole-signal resampling of mono float32 samples."""
+    rs = StreamResampler(rate_in, rate_out)
+    return np.concatenate([rs.process(samples), rs.flush()])

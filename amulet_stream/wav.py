@@ -1,0 +1,163 @@
+"""WAV file reading in blocks: PCM 8/16/24/32-bit and IEEE float, any rate and channel count."""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+
+_LOGGER = logging.getLogger(__name__)
+
+_PCM = 1
+_FLOAT = 3
+_EXTENSIBLE = 0xFFFE
+
+
+class WavError(ValueError):
+    """A wav file that cannot be read; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class WavInfo:
+    """Header of a wav file."""
+
+    path: Path
+    rate: int
+    """Samples per second per channel."""
+    channels: int
+    bits: int
+    is_float: bool
+    frames: int
+    """Number of sample frames in the data chunk (all channels)."""
+    data_offset: int
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return self.frames / self.rate
+
+
+def read_info(path: Path) -> WavInfo:
+    """Parse and validate the header of `path`; raise WavError naming the problem."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            return _parse(path, fh, size)
+    except FileNotFoundError as err:
+        raise WavError(f"{path}: no such file") from err
+    except IsADirectoryError as err:
+        raise WavError(f"{path}: is a directory, not a wav file") from err
+    except PermissionError as err:
+        raise WavError(f"{path}: permission denied") from err
+
+
+def _parse(path: Path, fh: BinaryIO, size: int) -> WavInfo:
+    if size == 0:
+        raise WavError(f"{path}: empty file")
+    head = fh.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+        raise WavError(f"{path}: not a wav file (no RIFF/WAVE header)")
+    fmt: tuple[int, int, int, int] | None = None
+    while True:
+        chunk = fh.read(8)
+        if len(chunk) < 8:
+            raise WavError(f"{path}: truncated or corrupt: no data chunk")
+        cid, clen = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if cid == b"fmt ":
+            body = fh.read(clen)
+            if len(body) < 16:
+                raise WavError(f"{path}: corrupt fmt chunk")
+            tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
+            if tag == _EXTENSIBLE and len(body) >= 26:
+                tag = struct.unpack("<H", body[24:26])[0]
+            fmt = (tag, channels, rate, bits)
+            fh.seek(clen & 1, 1)
+        elif cid == b"data":
+            if fmt is None:
+                raise WavError(f"{path}: corrupt: data chunk before fmt chunk")
+            offset = fh.tell()
+            break
+        else:
+            fh.seek(clen + (clen & 1), 1)
+    tag, channels, rate, bits = fmt
+    if tag not in (_PCM, _FLOAT):
+        raise WavError(f"{path}: unsupported encoding (format tag {tag:#x}); use PCM or float")
+    if (tag == _PCM and bits not in (8, 16, 24, 32)) or (tag == _FLOAT and bits not in (32, 64)):
+        raise WavError(f"{path}: unsupported sample size {bits} bits")
+    if channels < 1 or rate < 1:
+        raise WavError(f"{path}: corrupt header ({channels} channels, {rate} Hz)")
+    frame_bytes = channels * bits // 8
+    available = size - offset
+    if clen > available:
+        raise WavError(
+            f"{path}: truncated: header announces {clen} data bytes, file holds {available}"
+        )
+    frames = clen // frame_bytes
+    if frames == 0:
+        raise WavError(f"{path}: empty file (no samples)")
+    return WavInfo(path, rate, channels, bits, tag == _FLOAT, frames, offset)
+
+
+def _decode(raw: bytes, info: WavInfo) -> npt.NDArray[np.float32]:
+    """Bytes to float32 (frames, channels) in [-1, 1] for PCM."""
+    if info.is_float:
+        data = np.frombuffer(raw, dtype="<f4" if info.bits == 32 else "<f8").astype(np.float32)
+    elif info.bits == 8:
+        data = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif info.bits == 16:
+        data = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    elif info.bits == 24:
+        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        ints = (b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8
+        data = ints.astype(np.float32) / 8388608.0
+    else:
+        data = (np.frombuffer(raw, dtype="<i4").astype(np.float64) / 2147483648.0).astype(
+            np.float32
+        )
+    return data.reshape(-1, info.channels)
+
+
+def iter_blocks(info: WavInfo, block_frames: int = 65536) -> Iterator[npt.NDArray[np.float32]]:
+    """Yield float32 (frames, channels) blocks of at most `block_frames` frames."""
+    frame_bytes = info.channels * info.bits // 8
+    left = info.frames
+    with info.path.open("rb") as fh:
+        fh.seek(info.data_offset)
+        while left > 0:
+            n = min(block_frames, left)
+            raw = fh.read(n * frame_bytes)
+            if len(raw) < n * frame_bytes:
+                raise WavError(f"{info.path}: truncated while reading")
+            left -= n
+            yield _decode(raw, info)
+
+
+def select_channel(block: npt.NDArray[np.float32], channel: int | None) -> npt.NDArray[np.float32]:
+    """Pick one channel (0-based) or, with None, down-mix to mono by the mean."""
+    if channel is None:
+        return block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+    if not 0 <= channel < block.shape[1]:
+        raise ValueError(f"channel {channel} does not exist ({block.shape[1]} channels)")
+    return np.ascontiguousarray(block[:, channel])
+
+
+def write_wav(path: Path, samples: npt.NDArray[np.floating], rate: int) -> None:
+    """Write mono or (frames, channels) samples in [-1, 1] as 16-bit PCM."""
+    data = np.asarray(samples, dtype=np.float64)
+    if data.ndim == 1:
+        data = data[:, None]
+    ints = np.clip(np.round(data * 32767.0), -32768, 32767).astype("<i2")
+    channels = data.shape[1]
+    payload = ints.tobytes()
+    header = b"RIFF" + struct.pack("<I", 36 + len(payload)) + b"WAVE"
+    header += b"fmt " + struct.pack(
+        "<IHHIIHH", 16, _PCM, channels, rate, rate * channels * 2, channels * 2, 16
+    )
+    header += b"data" + struct.pack("<I", len(payload))
+    path.write_bytes(header + payload)

@@ -1,0 +1,1 @@
+"""amulet-export: offline training, threshold calibration, ONNX export and AMULET import."""

@@ -1,0 +1,203 @@
+"""Command line of amulet-export. Exit codes: 0 ok, 1 verification/parity failed, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
+_CONSOLE = "amulet-export-console"
+
+
+def _parser() -> argparse.ArgumentParser:
+    from amulet_stream.features import DEFAULT_PROFILE, PROFILES
+    from amulet_stream.synth import FAULTS
+
+    p = argparse.ArgumentParser(prog="amulet-export", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on healthy recordings -> OUT/model.onnx")
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input-file", "--input_file", type=Path, help="one wav file")
+    src.add_argument("--input-dir", "--input_dir", type=Path, help="a folder of wav files")
+    t.add_argument(
+        "--output-dir",
+        "--output_dir",
+        type=Path,
+        default=Path("output"),
+        help="where model.onnx, train.log and plots go (default: ./output)",
+    )
+    t.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default=DEFAULT_PROFILE,
+        help=f"feature profile (default: {DEFAULT_PROFILE})",
+    )
+    t.add_argument("--epochs", type=int, default=20, help="training epochs (default: 20)")
+    t.add_argument("--batch-size", "--batch_size", type=int, default=32)
+    t.add_argument(
+        "--predict-file",
+        "--predict_file",
+        type=Path,
+        help="score this wav with the new model and plot it",
+    )
+    t.add_argument("--channel", type=int, help="0-based channel to use (default: down-mix)")
+    t.add_argument(
+        "--threshold-method",
+        choices=["max", "gamma"],
+        help="max training score (AMULET) or gamma quantile of held-out scores "
+        "(default: max for amulet-v1, gamma otherwise)",
+    )
+    t.add_argument(
+        "--threshold-quantile",
+        type=float,
+        default=0.99,
+        help="quantile for --threshold-method gamma (default: 0.99)",
+    )
+    t.add_argument("--seed", type=int, default=10, help="random seed (default: 10, as AMULET)")
+    t.add_argument("--silent", action="store_true", help="log only to OUT/train.log")
+
+    s = sub.add_parser("import-seed", help="AMULET .h5 + scaler + threshold -> one .onnx")
+    s.add_argument("dir", type=Path, nargs="?", help="AMULET output folder")
+    s.add_argument("-o", "--output", type=Path, required=True, help="the .onnx to write")
+    s.add_argument("--h5", type=Path, help="default: DIR/sound_anomaly_detection.h5")
+    s.add_argument("--scaler", type=Path, help="default: DIR/scaler")
+    s.add_argument("--threshold", type=Path, help="default: DIR/anomaly_threshold")
+
+    v = sub.add_parser("verify", help="check a model file; exit 0 if complete and working")
+    v.add_argument("model", type=Path)
+
+    g = sub.add_parser("synth", help="write generated motor sound (healthy or with a fault)")
+    g.add_argument("-o", "--output", type=Path, required=True)
+    g.add_argument("--seconds", type=float, default=60.0)
+    g.add_argument("--rate", type=int, default=16000)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--fault", choices=FAULTS)
+    g.add_argument("--fault-start", type=float, default=0.0, help="seconds")
+    g.add_argument("--fault-end", type=float, help="seconds (default: the end)")
+    g.add_argument("--severity", type=float, default=0.5, help="0..1 (default 0.5)")
+    return p
+
+
+def _setup_logging(silent: bool) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for old in [h for h in root.handlers if h.get_name() == _CONSOLE]:
+        root.removeHandler(old)
+    if not silent:
+        h = logging.StreamHandler(sys.stderr)
+        h.set_name(_CONSOLE)
+        h.setFormatter(logging.Formatter("amulet-export: %(message)s"))
+        root.addHandler(h)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for noisy in ("tensorflow", "tf2onnx", "absl", "h5py", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the amulet-export console script."""
+    args = _parser().parse_args(argv)
+    _setup_logging(getattr(args, "silent", False))
+    from .errors import InputError, ParityError
+
+    try:
+        if args.command == "verify":
+            from .verify import verify
+
+            ok, line = verify(args.model)
+            print(line)
+            return EXIT_OK if ok else EXIT_FAIL
+        if args.command == "synth":
+            return _synth(args)
+        if args.command == "import-seed":
+            return _import_seed(args)
+        return _train(args)
+    except InputError as err:
+        print(f"amulet-export: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except ParityError as err:
+        print(f"amulet-export: error: {err}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+def _train(args: argparse.Namespace) -> int:
+    from amulet_stream.features import PROFILES
+
+    from . import outdir
+    from .dataset import list_inputs, load
+    from .errors import InputError
+
+    if args.epochs < 1 or args.batch_size < 1:
+        raise InputError("--epochs and --batch-size must be at least 1")
+    if not 0.5 < args.threshold_quantile < 1.0:
+        raise InputError("--threshold-quantile must be between 0.5 and 1")
+    inputs = list_inputs(args.input_file, args.input_dir)
+    outdir.check(args.output_dir, args.predict_file)
+    outdir.stage(args.output_dir).rmdir()
+    # read and check all audio before TensorFlow is even imported: bad input fails fast
+    data = load(inputs, PROFILES[args.profile], args.channel)
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(
+        inputs=inputs,
+        output_dir=args.output_dir,
+        profile=args.profile,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        predict_file=args.predict_file,
+        channel=args.channel,
+        threshold_method=args.threshold_method,
+        quantile=args.threshold_quantile,
+        seed=args.seed,
+    )
+    path = train(cfg, data)
+    print(path)
+    return EXIT_OK
+
+
+def _import_seed(args: argparse.Namespace) -> int:
+    from .errors import InputError
+    from .seed import import_seed
+
+    base: Path | None = args.dir
+    if base is None and not (args.h5 and args.scaler and args.threshold):
+        raise InputError("import-seed needs DIR or all of --h5, --scaler, --threshold")
+    if base is not None and not base.is_dir():
+        raise InputError(f"{base}: no such folder")
+    h5 = args.h5 or base / "sound_anomaly_detection.h5"  # type: ignore[operator]
+    scaler = args.scaler or base / "scaler"  # type: ignore[operator]
+    thr = args.threshold or base / "anomaly_threshold"  # type: ignore[operator]
+    for f in (h5, scaler, thr):
+        if not f.is_file():
+            raise InputError(f"{f}: no such file")
+    diff = import_seed(h5, scaler, thr, args.output)
+    logging.getLogger(__name__).info("wrote %s (parity %.1e)", args.output, diff)
+    print(args.output)
+    return EXIT_OK
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from amulet_stream.synth import Fault, generate
+    from amulet_stream.wav import write_wav
+
+    from .errors import InputError
+
+    if args.seconds <= 0 or args.rate < 8000:
+        raise InputError("--seconds must be positive and --rate at least 8000")
+    fault = None
+    if args.fault:
+        fault = Fault(args.fault, args.fault_start, args.fault_end or args.seconds, args.severity)
+    samples = generate(args.seconds, args.rate, args.seed, fault=fault)
+    try:
+        write_wav(args.output, samples, args.rate)
+    except OSError as err:
+        raise InputError(f"{args.output}: cannot write: {err.strerror or err}") from err
+    print(args.output)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Keras autoencoders and the scoring wrapper that becomes the ONNX graph."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+
+
+def amulet_lstm(dim: int, activation: str = "relu", recurrent: str = "sigmoid") -> keras.Model:
+    """AMULET's LSTM autoencoder 16-4-4-16 with timesteps 1: (N, D) -> (N, D) reconstruction."""
+    inp = keras.Input((dim,))
+    x = keras.layers.Reshape((1, dim))(inp)
+    for units, seq in ((16, True), (4, False)):
+        x = keras.layers.LSTM(
+            units, activation=activation, recurrent_activation=recurrent, return_sequences=seq
+        )(x)
+    x = keras.layers.RepeatVector(1)(x)
+    for units in (4, 16):
+        x = keras.layers.LSTM(
+            units, activation=activation, recurrent_activation=recurrent, return_sequences=True
+        )(x)
+    x = keras.layers.TimeDistributed(keras.layers.Dense(dim))(x)
+    return keras.Model(inp, keras.layers.Reshape((dim,))(x), name="amulet_lstm")
+
+
+def dense_ae(dim: int, widths: tuple[int, ...] = (128, 64, 16, 64, 128)) -> keras.Model:
+    """Dense autoencoder over stacked log-mel frames (DCASE task 2 baseline, smaller)."""
+    inp = keras.Input((dim,))
+    x = inp
+    for width in widths:
+        x = keras.layers.Dense(width, activation="relu")(x)
+    return keras.Model(inp, keras.layers.Dense(dim)(x), name="dense_ae")
+
+
+def core_for(profile_name: str, dim: int) -> keras.Model:
+    """The autoencoder architecture a profile trains."""
+    return amulet_lstm(dim) if profile_name == "amulet-v1" else dense_ae(dim)
+
+
+class Affine(keras.layers.Layer):  # type: ignore[misc]
+    """x * scale + bias with frozen per-feature constants: the scaler inside the graph."""
+
+    def __init__(self, scale: F32, bias: F32, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self._init = (scale.astype(np.float32), bias.astype(np.float32))
+
+    def build(self, input_shape: object) -> None:
+        scale, bias = self._init
+        self.scale = self.add_weight(
+            shape=scale.shape,
+            trainable=False,
+            name="scale",
+            initializer=keras.initializers.Constant(scale),
+        )
+        self.bias = self.add_weight(
+            shape=bias.shape,
+            trainable=False,
+            name="bias",
+            initializer=keras.initializers.Constant(bias),
+        )
+
+    def call(self, x: object) -> object:
+        return x * self.scale + self.bias
+
+
+def scorer(core: keras.Model, scale: F32, bias: F32) -> keras.Model:
+    """Raw features (N, D) -> score (N,): MAE between scaled input and its reconstruction."""
+    inp = keras.Input((scale.size,), name="features")
+    scaled = Affine(scale, bias, name="scaler")(inp)
+    recon = core(scaled)
+    score = keras.ops.mean(keras.ops.abs(recon - scaled), axis=1)
+    return keras.Model(inp, score, name="amulet_scorer")

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up what the test suite needs on a fresh Debian/Ubuntu machine, then runs it:
+# system packages (apt when root, else a message), .venv with the package and its
+# training and dev extras, ruff, mypy --strict, pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${AMULET_VENV:-.venv}
+PY=${PYTHON:-python3}
+
+missing=()
+command -v "$PY" >/dev/null || missing+=(python3)
+"$PY" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  else
+    echo "tests/run.sh: missing system packages: ${missing[*]}" >&2
+    echo "  install them with: sudo apt-get install ${missing[*]}" >&2
+    exit 2
+  fi
+fi
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[train,dev]'
+"$VENV/bin/ruff" check .
+"$VENV/bin/mypy"
+export TF_CPP_MIN_LOG_LEVEL=3
+"$VENV/bin/python" -m pytest "$@"

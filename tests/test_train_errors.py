@@ -1,0 +1,81 @@
+"""Bad training input: one line naming the file and the problem, exit 2, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amulet_export.cli import main
+from amulet_stream.wav import write_wav
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err[-1] if err else ""
+
+
+def _float_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
+    import struct
+
+    data = samples.astype("<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, rate, rate * 4, 4, 32)
+    body = (
+        b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", len(data))
+        + data
+    )
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+def test_bad_inputs(tmp_path: Path, audio_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = audio_dir / "healthy_10s.wav"
+    raw = good.read_bytes()
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFX" + bytes(100))
+    (tmp_path / "truncated.wav").write_bytes(raw[: len(raw) // 2])
+    write_wav(tmp_path / "short.wav", np.random.default_rng(0).uniform(-1, 1, 20000), 16000)
+    write_wav(tmp_path / "silent.wav", np.zeros(16000 * 5), 16000)
+    nan = np.random.default_rng(0).uniform(-0.5, 0.5, 16000 * 5)
+    nan[40000] = np.nan
+    _float_wav(tmp_path / "nan.wav", nan)
+    (tmp_path / "nowav").mkdir()
+    (tmp_path / "nowav" / "readme.txt").write_text("x")
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (["--input-file", str(tmp_path / "missing.wav")], "missing.wav: no such file"),
+        (["--input-file", str(tmp_path / "empty.wav")], "empty.wav: empty file"),
+        (["--input-file", str(tmp_path / "corrupt.wav")], "corrupt.wav: not a wav file"),
+        (["--input-file", str(tmp_path / "truncated.wav")], "truncated.wav: truncated"),
+        (["--input-dir", str(tmp_path / "nowav")], "nowav: folder holds no .wav file"),
+        (["--input-file", str(tmp_path / "short.wav")], "short.wav: audio too short"),
+        (["--input-file", str(tmp_path / "silent.wav")], "silent.wav: audio is silent"),
+        (["--input-file", str(tmp_path / "nan.wav")], "nan.wav: contains NaN or infinite"),
+        (
+            ["--input-file", str(good), "--predict-file", str(tmp_path / "corrupt.wav")],
+            "corrupt.wav: not a wav file",
+        ),
+    ]
+    for args, expected in cases:
+        out = tmp_path / "out"
+        code, line = _run(["train", *args, "--output-dir", str(out), "--epochs", "1"], capsys)
+        assert code == 2, (args, line)
+        assert line.startswith("amulet-export: error: ") and expected in line, line
+        assert not out.exists()
+    code, line = _run(
+        ["train", "--input-file", str(good), "--output-dir", str(tmp_path / "a_file" / "out")],
+        capsys,
+    )
+    assert code == 2 and "a_file/out: cannot write output" in line
+    code, line = _run(
+        ["train", "--input-file", str(good), "--output-dir", str(tmp_path / "a_file")], capsys
+    )
+    assert code == 2 and "a_file: exists and is not a folder" in line
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

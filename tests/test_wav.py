@@ -1,0 +1,92 @@
+"""wav reading: encodings, channels, and bad files named with their problem."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amulet_stream.wav import WavError, iter_blocks, read_info, select_channel, write_wav
+
+
+def _wav(path: Path, data: bytes, tag: int, channels: int, rate: int, bits: int) -> Path:
+    fmt = struct.pack(
+        "<HHIIHH", tag, channels, rate, rate * channels * bits // 8, channels * bits // 8, bits
+    )
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    body += b"data" + struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+def _read(path: Path) -> np.ndarray:
+    info = read_info(path)
+    return np.concatenate(list(iter_blocks(info, block_frames=7)))
+
+
+SIGNAL = np.array([0.0, 0.5, -0.5, 0.25, -1.0, 0.999], dtype=np.float64)
+
+
+@pytest.mark.parametrize(
+    ("bits", "tag", "encode", "tol"),
+    [
+        (8, 1, lambda x: (np.round(x * 127) + 128).astype(np.uint8).tobytes(), 1 / 64),
+        (16, 1, lambda x: np.round(x * 32767).astype("<i2").tobytes(), 1e-4),
+        (
+            24,
+            1,
+            lambda x: b"".join(
+                int(v).to_bytes(3, "little", signed=True) for v in np.round(x * 8388607)
+            ),
+            1e-6,
+        ),
+        (32, 1, lambda x: np.round(x * 2147483647).astype("<i4").tobytes(), 1e-6),
+        (32, 3, lambda x: x.astype("<f4").tobytes(), 0.0),
+        (64, 3, lambda x: x.astype("<f8").tobytes(), 0.0),
+    ],
+)
+def test_encodings_decode_to_float(tmp_path: Path, bits, tag, encode, tol) -> None:
+    path = _wav(tmp_path / "x.wav", encode(SIGNAL), tag, 1, 8000, bits)
+    out = _read(path)
+    assert out.shape == (SIGNAL.size, 1)
+    np.testing.assert_allclose(out[:, 0], SIGNAL, atol=tol + 1e-7)
+
+
+def test_stereo_downmix_and_channel_choice(tmp_path: Path) -> None:
+    left = np.linspace(-0.5, 0.5, 100)
+    right = -0.25 * np.ones(100)
+    path = tmp_path / "st.wav"
+    write_wav(path, np.stack([left, right], axis=1), 22050)
+    info = read_info(path)
+    assert (info.channels, info.rate, info.frames) == (2, 22050, 100)
+    block = np.concatenate(list(iter_blocks(info)))
+    np.testing.assert_allclose(select_channel(block, 0), left, atol=1e-4)
+    np.testing.assert_allclose(select_channel(block, 1), right, atol=1e-4)
+    np.testing.assert_allclose(select_channel(block, None), (left + right) / 2, atol=1e-4)
+    with pytest.raises(ValueError, match="channel 2 does not exist"):
+        select_channel(block, 2)
+
+
+def test_bad_files_are_named_with_their_problem(tmp_path: Path) -> None:
+    good = tmp_path / "good.wav"
+    write_wav(good, np.zeros(1000), 8000)
+    raw = good.read_bytes()
+    cases = {
+        "missing.wav": (None, "no such file"),
+        "empty.wav": (b"", "empty file"),
+        "text.wav": (b"hello, this is not audio at all", "not a wav file"),
+        "truncated.wav": (raw[:500], "truncated"),
+        "nodata.wav": (raw[:36], "no data chunk"),
+    }
+    for name, (content, problem) in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(WavError) as err:
+            read_info(path)
+        assert str(path) in str(err.value) and problem in str(err.value)
+    adpcm = _wav(tmp_path / "adpcm.wav", b"\0" * 64, 2, 1, 8000, 4)
+    with pytest.raises(WavError, match="unsupported encoding"):
+        read_info(adpcm)
