@@ -14,8 +14,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.fft import dct
-from scipy.signal import get_window
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -53,6 +51,20 @@ def mel_filterbank(rate: int, n_fft: int, n_mels: int) -> F64:
     return np.asarray(weights * enorm[:, None], dtype=np.float64)
 
 
+def hann(n: int) -> F64:
+    """Periodic Hann window of n samples (scipy's get_window('hann', n), librosa's STFT window)."""
+    return np.asarray(0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n), dtype=np.float64)
+
+
+def dct3_matrix(n: int, keep: int) -> F64:
+    """First `keep` rows of the orthonormal DCT-III of length n (scipy dct type 3, 'ortho')."""
+    k = np.arange(n)[None, :]
+    j = np.arange(keep)[:, None]
+    m = np.cos(np.pi * (j + 0.5) * k / n) * np.sqrt(2.0 / n)
+    m[:, 0] = np.sqrt(1.0 / n)
+    return np.asarray(m, dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class Profile:
     """Feature profile parameters; everything needed to recompute features is stored here."""
@@ -78,7 +90,7 @@ class Profile:
 
     @cached_property
     def _hann(self) -> F64:
-        return np.asarray(get_window("hann", self.n_fft), dtype=np.float64)
+        return hann(self.n_fft)
 
     @cached_property
     def _mel(self) -> F64:
@@ -103,32 +115,53 @@ class Profile:
         """JSON-ready parameters."""
         return asdict(self)
 
-    def _power(self, windows: F32) -> F64:
-        """|STFT|^2 of each window's frames, shape (N, frames, n_fft//2+1)."""
-        frames = sliding_window_view(windows, self.n_fft, axis=1)[:, :: self.frame_hop]
+    @cached_property
+    def _dct(self) -> F64:
+        return dct3_matrix(self.n_mels, self.n_mfcc)
+
+    @cached_property
+    def _mel_t(self) -> F64:
+        return np.ascontiguousarray(self._mel.T)
+
+    def _power(self, window: F32) -> F64:
+        """|STFT|^2 of one window's frames, shape (frames, n_fft//2+1)."""
+        frames = sliding_window_view(window, self.n_fft)[:: self.frame_hop]
         spec = np.fft.rfft(frames.astype(np.float64) * self._hann, axis=-1)
         return np.asarray(spec.real**2 + spec.imag**2, dtype=np.float64)
 
     def compute(self, windows: F32) -> F32:
-        """Feature vectors for float32 windows (N, window) at `rate`: shape (N, V, D)."""
+        """Feature vectors for float32 windows (N, window) at `rate`: shape (N, V, D).
+
+        Window by window, so a window's features never depend on what it was batched with."""
         if windows.ndim != 2 or windows.shape[1] != self.window:
             raise ValueError(f"windows must have shape (N, {self.window}), got {windows.shape}")
-        power = self._power(windows)
-        mel = power @ self._mel.T  # (N, frames, n_mels)
-        if self.name == "amulet-v1":
-            mag = np.sqrt(power[:, 0])
-            mel0 = mel[:, 0]
-            db = 10.0 * np.log10(np.maximum(mel0, 1e-10))
-            db = np.maximum(db, db.max(axis=1, keepdims=True) - 80.0)
-            mfcc = dct(db, type=3, norm="ortho", axis=1)[:, : self.n_mfcc]
-            feats = np.stack(
-                [mag.mean(axis=1), mel0.mean(axis=1), np.abs(mfcc).mean(axis=1)], axis=1
-            )
-            return feats[:, None, :].astype(np.float32)
-        logmel = 10.0 * np.log10(np.maximum(mel, 1e-10))
-        stacked = sliding_window_view(logmel, self.stack, axis=1)  # (N, V, n_mels, stack)
-        stacked = np.swapaxes(stacked, 2, 3).reshape(windows.shape[0], self.vectors, self.dim)
-        return stacked.astype(np.float32)
+        one = self._amulet_row if self.name == "amulet-v1" else self._logmel_vectors
+        out = np.empty((windows.shape[0], self.vectors, self.dim), dtype=np.float32)
+        for i in range(windows.shape[0]):
+            out[i] = one(windows[i])
+        return out
+
+    def _amulet_row(self, window: F32) -> F64:
+        """AMULET's 3 features of one frame: mean |STFT|, mean mel power, mean |MFCC|."""
+        spec = np.fft.rfft(window.astype(np.float64) * self._hann)
+        power = spec.real**2 + spec.imag**2
+        mel = power @ self._mel_t
+        db = 10.0 * np.log10(np.maximum(mel, 1e-10))
+        db = np.maximum(db, db.max() - 80.0)
+        mfcc = self._dct @ db
+        return np.array(
+            [
+                np.sqrt(power).sum() / power.size,
+                mel.sum() / mel.size,
+                np.abs(mfcc).sum() / mfcc.size,
+            ]
+        )
+
+    def _logmel_vectors(self, window: F32) -> F64:
+        """Stacked log-mel frames of one window, shape (V, D)."""
+        logmel = 10.0 * np.log10(np.maximum(self._power(window) @ self._mel_t, 1e-10))
+        stacked = sliding_window_view(logmel, self.stack, axis=0)  # (V, n_mels, stack)
+        return np.swapaxes(stacked, 1, 2).reshape(self.vectors, self.dim)
 
 
 AMULET_V1 = Profile(

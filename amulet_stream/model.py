@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ FORMAT_VERSION = 1
 META_KEY = "amulet"
 INPUT_NAME = "features"
 OUTPUT_NAME = "score"
+BATCH_WINDOWS = 8
+"""Windows' worth of vectors per onnxruntime call."""
 REQUIRED = (
     "format_version",
     "profile",
@@ -33,6 +36,18 @@ REQUIRED = (
 )
 
 F32 = npt.NDArray[np.float32]
+
+
+def default_model_path() -> Path:
+    """The shipped default model: models/default.onnx of the source tree or the install."""
+    here = Path(__file__).resolve().parent
+    for candidate in (
+        here.parent / "models" / "default.onnx",
+        Path(sys.prefix) / "share" / "amulet-stream" / "models" / "default.onnx",
+    ):
+        if candidate.is_file():
+            return candidate
+    return here.parent / "models" / "default.onnx"
 
 
 class ModelError(ValueError):
@@ -107,6 +122,8 @@ class Model:
                 f"{path}: graph must take '{INPUT_NAME}' and give '{OUTPUT_NAME}' "
                 f"(has inputs {[i.name for i in inputs]}, outputs {[o.name for o in outputs]})"
             )
+        self.batch = BATCH_WINDOWS * self.meta.profile.vectors
+        """Rows per onnxruntime call."""
         dim = inputs[0].shape[-1]
         if dim != self.meta.profile.dim:
             raise ModelError(
@@ -125,10 +142,18 @@ class Model:
         return self.meta.threshold
 
     def score_vectors(self, vectors: F32) -> F32:
-        """Mean absolute reconstruction error of each raw feature vector, (M, D) -> (M,)."""
-        feed = {INPUT_NAME: np.ascontiguousarray(vectors, np.float32)}
-        out: F32 = np.asarray(self._session.run([OUTPUT_NAME], feed)[0], dtype=np.float32)
-        return out.reshape(-1)
+        """Mean absolute reconstruction error of each raw feature vector, (M, D) -> (M,).
+
+        Runs in zero-padded batches of exactly `batch` rows: a vector's score does not depend
+        on how many others arrived with it (live and replay give identical scores)."""
+        m, b = vectors.shape[0], self.batch
+        padded = np.zeros((-(-m // b) * b, vectors.shape[1]), dtype=np.float32)
+        padded[:m] = vectors
+        out = np.empty(padded.shape[0], dtype=np.float32)
+        for i in range(0, padded.shape[0], b):
+            res = self._session.run([OUTPUT_NAME], {INPUT_NAME: padded[i : i + b]})[0]
+            out[i : i + b] = np.asarray(res, dtype=np.float32).reshape(-1)
+        return out[:m]
 
     def score_windows(self, feats: F32) -> F32:
         """Window scores from features (N, V, D): the mean of each window's vector scores."""

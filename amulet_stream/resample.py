@@ -7,11 +7,21 @@ from math import gcd
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import firwin
+from numpy.lib.stride_tricks import sliding_window_view
 
 _LOGGER = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
+CHUNK = 8192
+"""Outputs computed per step: bounds the temporary (CHUNK x taps) arrays."""
+
+
+def lowpass(taps: int, cutoff: float, beta: float = 5.0) -> npt.NDArray[np.float64]:
+    """Kaiser-windowed sinc lowpass, cutoff as a fraction of Nyquist, unit gain at DC
+    (scipy.signal.firwin(taps, cutoff, window=('kaiser', beta)))."""
+    m = np.arange(taps) - (taps - 1) / 2.0
+    h = cutoff * np.sinc(cutoff * m) * np.kaiser(taps, beta)
+    return np.asarray(h / h.sum(), dtype=np.float64)
 
 
 class StreamResampler:
@@ -32,35 +42,54 @@ class StreamResampler:
         self._n_out = 0
         if self.passthrough:
             return
-        h = firwin(2 * self._half + 1, 1.0 / max_rate, window=("kaiser", 5.0)) * self.up
+        h = lowpass(2 * self._half + 1, 1.0 / max_rate) * self.up
         self._taps = -(-(2 * self._half + 1) // self.up)
         hpad = np.zeros(self._taps * self.up)
         hpad[: h.size] = h
         # table[phase, t] = h[phase + t*up]
-        self._table = hpad.reshape(self._taps, self.up).T.astype(np.float32).copy()
+        # _table_rev[phase, t] = h[phase + (taps - 1 - t) * up]: pairs with inputs in time order
+        table = hpad.reshape(self._taps, self.up).T
+        self._table_rev = np.ascontiguousarray(table[:, ::-1], dtype=np.float32)
 
     @property
     def passthrough(self) -> bool:
         """True when the rates are equal and blocks pass unchanged."""
         return self.up == self.down
 
-    def _emit(self, last_j: int) -> F32:
-        """Outputs with index n_out..last_j-1; inputs past n_in count as zeros."""
-        if last_j <= self._n_out:
-            return np.zeros(0, dtype=np.float32)
-        js = np.arange(self._n_out, last_j, dtype=np.int64)
+    def _outputs(self, first: int, last: int) -> F32:
+        """Outputs first..last-1: each is the dot product of a contiguous run of `taps` inputs
+        (ending at i_max) with the reversed filter phase."""
+        js = np.arange(first, last, dtype=np.int64)
         p = js * self.down + self._half
         i_max = p // self.up
         phase = p - i_max * self.up
-        idx = i_max[:, None] - np.arange(self._taps)[None, :] - self._buf_start
-        pad_left = max(0, -int(idx.min()))
-        pad_right = max(0, int(idx.max()) + 1 - self._buf.size)
+        lo = i_max - (self._taps - 1) - self._buf_start  # buffer index of each run's start
+        pad_left = max(0, -int(lo[0]))
+        pad_right = max(0, int(lo[-1]) + self._taps - self._buf.size)
         buf = self._buf
         if pad_left or pad_right:
             buf = np.concatenate(
                 [np.zeros(pad_left, np.float32), buf, np.zeros(pad_right, np.float32)]
             )
-        out: F32 = np.einsum("jt,jt->j", buf[idx + pad_left], self._table[phase]).astype(np.float32)
+        view = sliding_window_view(buf, self._taps)
+        if self.up == 1:  # plain decimation: one filter phase, runs evenly spaced
+            start = int(lo[0]) + pad_left
+            runs = view[start : start + (last - first - 1) * self.down + 1 : self.down]
+            out: F32 = np.einsum("jt,t->j", runs, self._table_rev[0]).astype(np.float32)
+        else:
+            out = np.einsum("jt,jt->j", view[lo + pad_left], self._table_rev[phase])
+            out = out.astype(np.float32)
+        return out
+
+    def _emit(self, last_j: int) -> F32:
+        """Outputs with index n_out..last_j-1; inputs past n_in count as zeros."""
+        if last_j <= self._n_out:
+            return np.zeros(0, dtype=np.float32)
+        out = np.empty(last_j - self._n_out, dtype=np.float32)
+        for first in range(self._n_out, last_j, CHUNK):
+            out[first - self._n_out : first - self._n_out + CHUNK] = self._outputs(
+                first, min(last_j, first + CHUNK)
+            )
         self._n_out = last_j
         # keep only inputs still needed by the next output
         p_next = last_j * self.down + self._half

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from amulet_stream.features import Profile, window_starts
-from amulet_stream.filesource import iter_mono
+from amulet_stream.sources import iter_mono
 from amulet_stream.wav import WavError, WavInfo, read_info
 from amulet_stream.windows import Windower
 

@@ -10,6 +10,9 @@ PY=${PYTHON:-python3}
 missing=()
 command -v "$PY" >/dev/null || missing+=(python3)
 "$PY" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+# PortAudio for sounddevice (live capture tests read an ALSA file-plugin device)
+{ ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null; } | grep -q 'libportaudio\.so\.2' \
+  || missing+=(libportaudio2)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq

@@ -16,7 +16,7 @@ from amulet_stream.features import (
     cut_windows,
     profile_from_dict,
 )
-from amulet_stream.filesource import iter_mono
+from amulet_stream.sources import iter_mono
 from amulet_stream.wav import read_info
 from amulet_stream.windows import Windower
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from amulet_export.cli import main
-from amulet_stream.filesource import iter_mono
 from amulet_stream.model import Model
+from amulet_stream.sources import iter_mono
 from amulet_stream.wav import read_info
 from amulet_stream.windows import Windower
 
@@ -40,7 +40,7 @@ def _replay_rows(model: Model, wav: Path) -> tuple[np.ndarray, np.ndarray]:
     profile = model.profile
     windower = Windower(profile)
     scores, starts = [], []
-    for block in iter_mono(read_info(wav), profile.rate, block_frames=4096):
+    for block in iter_mono(read_info(wav), profile.rate):
         w, s = windower.push(block)
         scores.append(model.score_windows(profile.compute(w)))
         starts.append(s)

@@ -1,0 +1,319 @@
+"""amulet-stream: run (live), replay (wav as a fake stream), devices, info.
+
+Standard output: one JSON object per line; logs on standard error.
+Exit codes: 0 ok; 1 replay found anomalies and --fail-on-anomaly was given; 2 bad usage or
+input (unknown device, unusable model or config, a wav that could not be read)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from . import __version__
+from .config import Config, ConfigError, load
+from .detector import effective_threshold
+from .devices import DeviceError, list_inputs, resolve
+from .model import Model, ModelError, default_model_path
+from .output import JsonLines, Progress, amulet_json
+from .pipeline import Record, StreamPipeline
+from .sources import DeviceSource, FileSource, StdinSource
+from .wav import WavError, read_info
+
+_LOGGER = logging.getLogger("amulet_stream")
+EXIT_OK, EXIT_ANOMALY, EXIT_INPUT = 0, 1, 2
+DEMO_SECONDS, DEMO_FAULT = 30.0, (10.0, 20.0)
+
+
+class UsageError(ValueError):
+    """Bad command line or input: exit 2 with the message."""
+
+
+def _detector_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("detector")
+    g.add_argument(
+        "--sensitivity",
+        type=float,
+        help="1..10, default 8; each step below 8 raises the threshold by 30 %%",
+    )
+    g.add_argument("--k", type=int, help="anomalous windows among the last n to alert (3)")
+    g.add_argument("--n", type=int, help="window count of the k-of-n trigger (5)")
+    g.add_argument("--clear", type=int, help="calm windows in a row to return to normal (5)")
+    g.add_argument("--hop", type=float, help="seconds between window starts (model's own)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, help="model .onnx (default: models/default.onnx)")
+    p.add_argument("--config", type=Path, help="TOML config file; flags override it")
+    p.add_argument("--threads", type=int, help="onnxruntime threads (default 1)")
+    p.add_argument("--channel", type=int, help="0-based channel to use (default: down-mix)")
+    p.add_argument("--stream", help="stream id written in every line")
+    p.add_argument("--scores", action="store_true", help="also one line per scored window")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    _detector_args(p)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="amulet-stream",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"amulet-stream {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("replay", help="feed wav files through the live path (a fake stream)")
+    r.add_argument("files", nargs="*", type=Path)
+    r.add_argument(
+        "--demo",
+        action="store_true",
+        help="replay a generated 30 s recording of a motor with a bearing fault",
+    )
+    pace = r.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", action="store_true", help="pace at real time")
+    pace.add_argument("--speed", type=float, help="pace at X times real time")
+    r.add_argument("--format", choices=["jsonl", "amulet-json"], default="jsonl")
+    r.add_argument("--plot", type=Path, help="write score over time to this PNG")
+    r.add_argument("--fail-on-anomaly", action="store_true", help="exit 1 if any file is defect")
+    _common(r)
+
+    live = sub.add_parser("run", help="monitor a sound card (or raw PCM on stdin)")
+    live.add_argument("--source", choices=["device", "stdin"])
+    live.add_argument("--device", help="input device name (or part of it) or index")
+    live.add_argument("--rate", type=int, help="capture rate, Hz (stdin: required)")
+    live.add_argument("--channels", type=int, help="channels to open (default 1)")
+    live.add_argument("--duration", type=float, help="stop after this many seconds of audio")
+    live.add_argument(
+        "--buffer",
+        type=float,
+        default=10.0,
+        help="ring buffer between sound card and processing, seconds (10)",
+    )
+    _common(live)
+
+    sub.add_parser("devices", help="list input devices")
+    i = sub.add_parser("info", help="print a model's metadata as JSON")
+    i.add_argument("model", type=Path)
+    return p
+
+
+def _config(args: argparse.Namespace) -> Config:
+    cfg = load(args.config) if args.config else Config()
+    det = {
+        k: getattr(args, k)
+        for k in ("sensitivity", "k", "n", "clear")
+        if getattr(args, k) is not None
+    }
+    model = {
+        k: v
+        for k, v in (("path", args.model), ("threads", args.threads), ("hop", args.hop))
+        if v is not None
+    }
+    source = {
+        k: getattr(args, k, None) for k in ("device", "rate", "channels", "channel", "stream")
+    }
+    if getattr(args, "source", None):
+        source["kind"] = args.source
+    try:
+        return Config(
+            dataclasses.replace(cfg.source, **{k: v for k, v in source.items() if v is not None}),
+            dataclasses.replace(cfg.model, **model),
+            dataclasses.replace(cfg.detector, **det) if det else cfg.detector,
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+def _load_model(cfg: Config) -> Model:
+    path = cfg.model.path or default_model_path()
+    model = Model(path, threads=cfg.model.threads)
+    _LOGGER.info("model %s: profile %s, threshold %.4g", path, model.profile.name, model.threshold)
+    return model
+
+
+def _hop(cfg: Config, model: Model) -> int | None:
+    if cfg.model.hop is None:
+        return None
+    return max(1, round(cfg.model.hop * model.profile.rate))
+
+
+def _demo_file(folder: Path) -> Path:
+    from .synth import Fault, generate
+    from .wav import write_wav
+
+    path = folder / "demo-bearing-fault.wav"
+    fault = Fault("bearing", *DEMO_FAULT, severity=0.6)
+    write_wav(path, generate(DEMO_SECONDS, 48000, seed=2024, fault=fault), 48000)
+    _LOGGER.info(
+        "demo: %s, 30 s of a motor at 48 kHz with a bearing fault from %g s to %g s",
+        path,
+        *DEMO_FAULT,
+    )
+    return path
+
+
+def _replay(args: argparse.Namespace) -> int:
+    if args.speed is not None and args.speed <= 0:
+        raise UsageError("--speed must be positive")
+    if not args.demo:
+        return _replay_files(args, list(args.files))
+    with tempfile.TemporaryDirectory(prefix="amulet-demo-") as tmp:
+        return _replay_files(args, [*args.files, _demo_file(Path(tmp))])
+
+
+def _replay_files(args: argparse.Namespace, files: list[Path]) -> int:
+    if not files:
+        raise UsageError("replay needs at least one wav file (or --demo)")
+    cfg = _config(args)
+    model = _load_model(cfg)
+    speed = 1.0 if args.realtime else args.speed
+    out = JsonLines(args.scores) if args.format == "jsonl" else None
+    keep = args.format == "amulet-json" or args.plot is not None
+    failed = defect = False
+    plotted: dict[str, list[Record]] = {}
+    for path in files:
+        try:
+            info = read_info(path)
+            source = FileSource(info, cfg.source.channel, speed)
+        except (WavError, ValueError) as err:
+            print(f"amulet-stream: error: {err}", file=sys.stderr)
+            failed = True
+            continue
+        pipe = StreamPipeline(
+            model, info.rate, cfg.source.stream, str(path), cfg.detector, _hop(cfg, model)
+        )
+        progress = Progress(info.duration, path.name)
+        rows: list[Record] | None = [] if keep else None
+        t0 = time.monotonic()
+        try:
+            for block in source.blocks():
+                for rec in pipe.feed(block):
+                    _route(rec, out, rows)
+                progress.update(pipe.stats.audio_seconds)
+            for rec in pipe.finish():
+                _route(rec, out, rows)
+        except WavError as err:
+            progress.close()
+            print(f"amulet-stream: error: {err}", file=sys.stderr)
+            failed = True
+            continue
+        progress.close()
+        summary = pipe.summary(time.monotonic() - t0)
+        defect |= summary["verdict"] == "defect"
+        if out is not None:
+            out.emit(summary)
+        else:
+            print(json.dumps(amulet_json(rows or [])), flush=True)
+        if rows is not None:
+            plotted[str(path)] = rows
+    if args.plot and plotted:
+        from .plot import PlotUnavailableError, plot_scores
+
+        try:
+            plot_scores(
+                plotted, effective_threshold(model.threshold, cfg.detector.sensitivity), args.plot
+            )
+        except PlotUnavailableError as err:
+            raise UsageError(str(err)) from err
+    if failed:
+        return EXIT_INPUT
+    return EXIT_ANOMALY if defect and args.fail_on_anomaly else EXIT_OK
+
+
+def _route(rec: Record, out: JsonLines | None, rows: list[Record] | None) -> None:
+    """To the JSON lines output (if any) and, for score records, to `rows` (if kept)."""
+    if rows is not None and rec["event"] == "score":
+        rows.append(rec)
+    if out is not None:
+        out.emit(rec)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    src = cfg.source
+    model = _load_model(cfg)
+    source: DeviceSource | StdinSource
+    if src.kind == "stdin":
+        if not src.rate:
+            raise UsageError("--source stdin needs --rate (raw PCM has no header)")
+        source = StdinSource(src.rate, src.channels or 1, src.channel)
+    else:
+        dev = resolve(src.device)
+        channels = src.channels or (src.channel + 1 if src.channel is not None else 1)
+        if channels > dev.channels:
+            raise UsageError(
+                f"device {dev.name!r} has {dev.channels} input channels, {channels} requested"
+            )
+        source = DeviceSource(
+            dev.index,
+            src.rate or dev.default_rate,
+            channels,
+            src.channel,
+            buffer_seconds=args.buffer,
+            duration=args.duration,
+        )
+        _LOGGER.info("listening on %d: %s at %d Hz", dev.index, dev.name, source.rate)
+    pipe = StreamPipeline(model, source.rate, src.stream, None, cfg.detector, _hop(cfg, model))
+    out = JsonLines(args.scores)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if isinstance(source, DeviceSource):
+            source.stop()
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for block in source.blocks():
+            for rec in pipe.feed(block):
+                out.emit(rec)
+            if args.duration and pipe.stats.audio_seconds >= args.duration:
+                break
+    except KeyboardInterrupt:
+        _LOGGER.info("stopping")
+    for rec in pipe.finish():
+        out.emit(rec)
+    overflows = getattr(source, "input_overflows", 0)
+    _LOGGER.info(
+        "%s: %.1f s of audio, %d windows, %d anomaly events, %d input overflows",
+        src.stream,
+        pipe.stats.audio_seconds,
+        pipe.stats.windows,
+        pipe.stats.anomaly_events,
+        overflows,
+    )
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the amulet-stream console script."""
+    args = _parser().parse_args(argv)
+    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    logging.basicConfig(
+        level=level, format="amulet-stream: %(message)s", stream=sys.stderr, force=True
+    )
+    try:
+        if args.command == "info":
+            print(json.dumps(Model(args.model).info(), indent=2))
+            return EXIT_OK
+        if args.command == "devices":
+            for dev in list_inputs():
+                print(json.dumps(dev.to_dict()))
+            return EXIT_OK
+        if args.command == "replay":
+            return _replay(args)
+        return _run(args)
+    except (UsageError, ModelError, ConfigError, DeviceError) as err:
+        print(f"amulet-stream: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The TOML config file: validated at start, with messages that name the key."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .detector import DetectorSettings
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """[source]: where the audio comes from."""
+
+    kind: str = "device"
+    """'device' (sound card) or 'stdin' (raw S16_LE PCM)."""
+    device: str | int | None = None
+    """Device name (or unique part of it) or index; None: the system default input."""
+    rate: int | None = None
+    """Capture rate in Hz; None: the device's default (stdin: required)."""
+    channels: int | None = None
+    """Channels to open; None: all the device has (stdin: 1)."""
+    channel: int | None = None
+    """0-based channel to use; None: down-mix."""
+    stream: str = "default"
+    """Stream id in every output line."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """[model]: which model and how to run it."""
+
+    path: Path | None = None
+    threads: int = 1
+    hop: float | None = None
+    """Seconds between window starts; None: the model's own hop."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole file."""
+
+    source: SourceConfig = field(default_factory=SourceConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    detector: DetectorSettings = field(default_factory=DetectorSettings)
+
+
+_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
+    "source": {
+        "kind": (str,),
+        "device": (str, int),
+        "rate": (int,),
+        "channels": (int,),
+        "channel": (int,),
+        "stream": (str,),
+    },
+    "model": {"path": (str,), "threads": (int,), "hop": (int, float)},
+    "detector": {
+        "sensitivity": (int, float),
+        "k": (int,),
+        "n": (int,),
+        "clear": (int,),
+        "clear_ratio": (int, float),
+    },
+}
+
+
+def _section(path: Path, doc: dict[str, Any], name: str) -> dict[str, Any]:
+    table = doc.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        types = _TYPES[name].get(key)
+        if types is None:
+            known = ", ".join(_TYPES[name])
+            raise ConfigError(f"{path}: unknown key {name}.{key} (known: {known})")
+        if isinstance(value, bool) or not isinstance(value, types):
+            want = " or ".join(t.__name__ for t in types)
+            raise ConfigError(f"{path}: {name}.{key} must be {want}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def load(path: Path) -> Config:
+    """Read and validate a config file."""
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    unknown = set(doc) - set(_TYPES)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown section [{sorted(unknown)[0]}] (known: {', '.join(_TYPES)})"
+        )
+    src = _section(path, doc, "source")
+    if src.get("kind", "device") not in ("device", "stdin"):
+        raise ConfigError(f"{path}: source.kind must be 'device' or 'stdin'")
+    mod = _section(path, doc, "model")
+    if "path" in mod:
+        mod["path"] = (path.parent / mod["path"]).resolve()
+    if mod.get("threads", 1) < 1 or mod.get("hop", 1) <= 0:
+        raise ConfigError(f"{path}: model.threads must be >= 1 and model.hop > 0")
+    for key in ("rate", "channels"):
+        if src.get(key, 1) < 1:
+            raise ConfigError(f"{path}: source.{key} must be positive")
+    try:
+        det = DetectorSettings(**_section(path, doc, "detector"))
+    except ValueError as err:
+        raise ConfigError(f"{path}: [detector]: {err}") from err
+    return Config(SourceConfig(**src), ModelConfig(**mod), det)

@@ -1,0 +1,74 @@
+"""Preallocated float32 ring buffer between the sound-card callback and the processing loop."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+
+
+class RingBuffer:
+    """Fixed-capacity mono float32 FIFO; never grows.
+
+    Thread-safety: one writer (the audio callback) and one reader. write() never blocks and
+    never allocates: when the reader falls behind, the incoming samples that do not fit are
+    dropped and counted in `overflowed`. read() waits up to a timeout for data."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be positive")
+        self.capacity = capacity
+        self._data = np.zeros(capacity, dtype=np.float32)
+        self._written = 0  # total samples written (monotonic)
+        self._read = 0  # total samples read
+        self.overflowed = 0
+        """Samples dropped because the buffer was full."""
+        self._ready = threading.Event()
+
+    @property
+    def available(self) -> int:
+        """Samples written and not yet read."""
+        return self._written - self._read
+
+    @property
+    def written(self) -> int:
+        """Samples accepted since creation."""
+        return self._written
+
+    def write(self, samples: F32) -> int:
+        """Copy samples in (audio thread); return how many were accepted."""
+        free = self.capacity - (self._written - self._read)
+        n = min(int(samples.shape[0]), free)
+        if n < samples.shape[0]:
+            self.overflowed += samples.shape[0] - n
+        if n > 0:
+            pos = self._written % self.capacity
+            first = min(n, self.capacity - pos)
+            self._data[pos : pos + first] = samples[:first]
+            if n > first:
+                self._data[: n - first] = samples[first:n]
+            self._written += n
+        self._ready.set()
+        return n
+
+    def read(self, max_samples: int, timeout: float | None = None) -> F32:
+        """Take up to max_samples (a new array), waiting up to `timeout` s when empty."""
+        if self.available == 0:
+            self._ready.clear()
+            if self.available == 0:
+                self._ready.wait(timeout)
+        n = min(max_samples, self.available)
+        pos = self._read % self.capacity
+        first = min(n, self.capacity - pos)
+        out = np.empty(n, dtype=np.float32)
+        out[:first] = self._data[pos : pos + first]
+        out[first:] = self._data[: n - first]
+        self._read += n
+        return out
+
+    def wake(self) -> None:
+        """Wake a waiting reader (on shutdown)."""
+        self._ready.set()

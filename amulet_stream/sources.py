@@ -1,0 +1,202 @@
+"""Audio sources: wav replay, raw PCM on stdin, sound card. Each yields mono blocks."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+
+from .resample import StreamResampler
+from .ringbuffer import RingBuffer
+from .wav import WavInfo, iter_blocks, select_channel
+
+_LOGGER = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+LIVE_BLOCK_SECONDS = 0.25
+"""Live input is processed in blocks of this length: the per-block cost, not the per-sample
+cost, dominates a live stream's CPU use, and a window lasts 1 s anyway."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """Mono float32 samples at the source's rate, and the capture time of the first one."""
+
+    samples: F32
+    capture_time: float | None
+    """UNIX time (s) of the first sample for live input; None for replay."""
+
+
+class FileSource:
+    """A wav file as a stream: as fast as possible, or paced at `speed` x real time."""
+
+    def __init__(self, info: WavInfo, channel: int | None = None, speed: float | None = None):
+        if channel is not None and channel >= info.channels:
+            raise ValueError(f"{info.path}: channel {channel} does not exist ({info.channels})")
+        self.info = info
+        self.rate = info.rate
+        self.name = str(info.path)
+        self.channel = channel
+        self.speed = speed
+
+    def blocks(self) -> Iterator[Block]:
+        """Blocks of 0.1 s when paced, 64 Ki frames otherwise."""
+        frames = max(1, self.rate // 10) if self.speed else 65536
+        t0 = time.monotonic()
+        done = 0
+        for raw in iter_blocks(self.info, frames):
+            if self.speed:
+                due = t0 + (done + raw.shape[0]) / self.rate / self.speed
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            done += raw.shape[0]
+            yield Block(select_channel(raw, self.channel), None)
+
+
+def iter_mono(info: WavInfo, rate: int, channel: int | None = None) -> Iterator[F32]:
+    """A wav file's audio as float32 mono blocks resampled to `rate` Hz, as fast as it reads."""
+    resampler = StreamResampler(info.rate, rate)
+    if not resampler.passthrough:
+        _LOGGER.info("%s: resampling %d Hz -> %d Hz", info.path, info.rate, rate)
+    for block in FileSource(info, channel).blocks():
+        out = resampler.process(block.samples)
+        if out.size:
+            yield out
+    tail = resampler.flush()
+    if tail.size:
+        yield tail
+
+
+class StdinSource:
+    """Raw interleaved signed 16-bit little-endian PCM from a byte stream (arecord -f S16_LE)."""
+
+    def __init__(
+        self,
+        rate: int,
+        channels: int = 1,
+        channel: int | None = None,
+        stream: BinaryIO | None = None,
+    ) -> None:
+        self.rate = rate
+        self.channels = channels
+        self.channel = channel
+        self.name = "stdin"
+        self._stream = stream or sys.stdin.buffer
+
+    def blocks(self) -> Iterator[Block]:
+        """Blocks of LIVE_BLOCK_SECONDS as they arrive; ends at end of input."""
+        frame = 2 * self.channels
+        want = max(1, int(self.rate * LIVE_BLOCK_SECONDS)) * frame
+        t_start: float | None = None
+        done = 0
+        while data := self._stream.read(want):
+            ints = np.frombuffer(data[: len(data) - len(data) % frame], dtype="<i2")
+            ints = ints.reshape(-1, self.channels)
+            if t_start is None:
+                t_start = time.time() - ints.shape[0] / self.rate
+            block = select_channel(ints.astype(np.float32) / 32768.0, self.channel)
+            yield Block(block, t_start + done / self.rate)
+            done += ints.shape[0]
+
+
+class DeviceSource:
+    """A sound-card input through PortAudio. The callback only copies into a ring buffer."""
+
+    def __init__(
+        self,
+        device: int,
+        rate: int,
+        channels: int,
+        channel: int | None = None,
+        blocksize: int = 0,
+        buffer_seconds: float = 10.0,
+        duration: float | None = None,
+    ) -> None:
+        self.device = device
+        self.rate = rate
+        self.channels = channels
+        self.channel = channel
+        self.blocksize = blocksize
+        self.duration = duration
+        self.name = f"device:{device}"
+        self.ring = RingBuffer(int(rate * buffer_seconds))
+        self.input_overflows = 0
+        """PortAudio input-overflow flags seen (samples lost before they reached us)."""
+        self._stop = threading.Event()
+
+    def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
+        if status.input_overflow:
+            self.input_overflows += 1
+        if self.channel is None and self.channels > 1:
+            self.ring.write(indata.mean(axis=1))
+        else:
+            self.ring.write(indata[:, self.channel or 0])
+
+    def stop(self) -> None:
+        """Ask blocks() to end (from another thread or a signal handler)."""
+        self._stop.set()
+        self.ring.wake()
+
+    def blocks(self) -> Iterator[Block]:
+        """Blocks from the ring buffer until stop() or the duration is reached."""
+        import sounddevice as sd
+
+        limit = int(self.duration * self.rate) if self.duration else None
+        burst = _BurstLog(self.name)
+        with sd.InputStream(
+            device=self.device,
+            channels=self.channels,
+            samplerate=self.rate,
+            dtype="float32",
+            blocksize=self.blocksize,
+            callback=self._callback,
+        ):
+            t_start = time.time()
+            done = 0
+            while not self._stop.is_set() and (limit is None or done < limit):
+                step = max(1, int(self.rate * LIVE_BLOCK_SECONDS))
+                want = step if limit is None else min(step, limit - done)
+                block = self.ring.read(want, timeout=0.5)
+                burst.check(self.input_overflows, self.ring.overflowed)
+                if block.size:
+                    yield Block(block, t_start + done / self.rate)
+                    done += block.size
+
+
+class _BurstLog:
+    """Logs overflows once when a burst starts and once when it has been quiet for 2 s."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._seen = (0, 0)
+        self._start = (0, 0)
+        self._last = 0.0
+        self._active = False
+
+    def check(self, flags: int, dropped: int) -> None:
+        now = time.monotonic()
+        if (flags, dropped) != self._seen:
+            if not self._active:
+                _LOGGER.warning(
+                    "%s: input overflow: audio is being lost (device overflow "
+                    "flags or a full ring buffer)",
+                    self.name,
+                )
+                self._active, self._start = True, self._seen
+            self._seen, self._last = (flags, dropped), now
+        elif self._active and now - self._last > 2.0:
+            _LOGGER.warning(
+                "%s: overflow burst over: %d overflow flags, %d samples dropped",
+                self.name,
+                flags - self._start[0],
+                dropped - self._start[1],
+            )
+            self._active = False

@@ -1,0 +1,195 @@
+"""amulet-stream replay/info as a user runs them: real wav files, real model, subprocesses."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amulet_stream.synth import Fault, generate
+from amulet_stream.wav import write_wav
+
+BIN = Path(sys.executable).parent / "amulet-stream"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BIN, *map(str, args)],
+        capture_output=True,
+        text=stdin is None,
+        input=stdin,
+        timeout=300,
+        check=False,
+    )
+
+
+def lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def fault_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 s at 44.1 kHz stereo, bearing fault from 10 s to 20 s."""
+    path = tmp_path_factory.mktemp("replay") / "fault.wav"
+    mono = generate(30.0, 44100, seed=77, fault=Fault("bearing", 10.0, 20.0, 0.6))
+    write_wav(path, np.stack([mono, mono], axis=1), 44100)
+    return path
+
+
+def test_end_to_end_fault_is_reported(fault_wav: Path) -> None:
+    proc = run("replay", fault_wav, "--fail-on-anomaly")
+    assert proc.returncode == 1, proc.stderr
+    out = lines(proc.stdout)
+    events = [r for r in out if r["event"] in ("anomaly", "normal")]
+    assert [e["event"] for e in events] == ["anomaly", "normal"]
+    alert, clear = events
+    assert 10.0 <= alert["start"] <= 14.0 and alert["score"] > alert["threshold"]
+    assert 20.0 <= clear["start"] <= 27.0
+    for e in events:
+        assert set(e) == {"event", "stream", "file", "start", "end", "score", "threshold", "time"}
+        assert e["file"] == str(fault_wav) and e["time"].endswith("Z")
+    summary = out[-1]
+    assert summary["event"] == "summary" and summary["verdict"] == "defect"
+    assert summary["windows"] == 30 and summary["audio_seconds"] == 30.0
+    assert 8 <= summary["anomalies"] <= 11
+    assert proc.stderr.count("resampling 44100 Hz -> 16000 Hz") == 1
+    assert run("replay", fault_wav).returncode == 0  # without --fail-on-anomaly
+
+
+def test_realtime_and_fast_replay_give_identical_scores(tmp_path: Path) -> None:
+    wav = tmp_path / "short.wav"
+    write_wav(wav, generate(4.0, 22050, seed=9), 22050)
+    fast = run("replay", wav, "--scores")
+    paced = run("replay", wav, "--scores", "--realtime")
+    assert fast.returncode == paced.returncode == 0
+    scores = [
+        [(r["start"], r["score"]) for r in lines(p.stdout) if r["event"] == "score"]
+        for p in (fast, paced)
+    ]
+    assert len(scores[0]) == 4 and scores[0] == scores[1]
+    assert lines(paced.stdout)[-1]["processing_seconds"] >= 3.5
+
+
+def test_amulet_json_and_plot(fault_wav: Path, tmp_path: Path) -> None:
+    png = tmp_path / "scores.png"
+    proc = run("replay", fault_wav, "--format", "amulet-json", "--plot", png)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    rows = doc["Analysis"]
+    assert rows and all(r["Anomaly"] is True for r in rows)
+    assert all(set(r) == {"Anomaly", "filename", "value"} for r in rows)
+    starts = [float(r["filename"].split("-")[0]) for r in rows]
+    assert all(9.0 <= s < 20.0 for s in starts) and "12.0-13.0" in [r["filename"] for r in rows]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_seed_model_replay_matches_amulet(seed_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "seed.onnx"
+    exe = Path(sys.executable).parent / "amulet-export"
+    subprocess.run(
+        [exe, "import-seed", seed_dir / "example_model", "-o", model],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    proc = run("replay", seed_dir / "good.wav", "--model", model, "--scores")
+    assert proc.returncode == 0, proc.stderr
+    out = lines(proc.stdout)
+    ref = json.loads((seed_dir / "reference_good.json").read_text())
+    scores = [r for r in out if r["event"] == "score"]
+    assert len(scores) == 59
+    names = [f"{round(r['start'], 1)}-{round(r['end'], 1)}" for r in scores]
+    assert names == [r["name"] for r in ref["rows"]]
+    diff = np.abs(np.array([r["score"] for r in scores]) - [r["mae"] for r in ref["rows"]])
+    assert diff.max() < 0.01
+    assert out[-1]["verdict"] == ref["verdict"] == "good"
+    amulet = run("replay", seed_dir / "good.wav", "--model", model, "--format", "amulet-json")
+    assert json.loads(amulet.stdout) == {"Analysis": [{"Anomaly": "No anomalies detected"}]}
+
+
+def test_bad_files_in_a_batch(fault_wav: Path, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    proc = run("replay", corrupt, fault_wav, empty, "-q")
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 2
+    assert str(corrupt) in errors[0] and "no data chunk" in errors[0]
+    assert str(empty) in errors[1] and "empty file" in errors[1]
+    summaries = [r for r in lines(proc.stdout) if r["event"] == "summary"]
+    assert [s["file"] for s in summaries] == [str(fault_wav)]
+
+
+def test_nan_samples_skip_the_window_and_the_stream_goes_on(tmp_path: Path) -> None:
+    x = generate(6.0, 16000, seed=3).astype("<f4")
+    x[2 * 16000 + 500] = np.nan
+    data = x.tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, 16000, 64000, 4, 32)
+    body = b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", len(data))
+    wav = tmp_path / "nan.wav"
+    wav.write_bytes(b"RIFF" + struct.pack("<I", len(body) + len(data)) + body + data)
+    proc = run("replay", wav, "--scores")
+    assert proc.returncode == 0, proc.stderr
+    out = lines(proc.stdout)
+    starts = [r["start"] for r in out if r["event"] == "score"]
+    assert starts == [0.0, 1.0, 3.0, 4.0, 5.0]
+    assert out[-1]["skipped_windows"] == 1 and out[-1]["windows"] == 5
+    assert "NaN/inf" in proc.stderr
+
+
+def test_model_refused_with_reason_and_info(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"not a model")
+    proc = run("replay", "--demo", "--model", bogus)
+    assert proc.returncode == 2 and "not a valid ONNX model" in proc.stderr
+    info = run("info", ROOT / "models" / "default.onnx")
+    meta = json.loads(info.stdout)
+    assert meta["profile"]["name"] == "logmel-v1" and len(meta["sha256"]) == 64
+    assert "inputs" not in meta["parity"]
+
+
+def test_config_file_is_validated(tmp_path: Path, fault_wav: Path) -> None:
+    cfg = tmp_path / "monitor.toml"
+    cfg.write_text("[detector]\nsensitivity = 8\nkk = 3\n")
+    proc = run("replay", fault_wav, "--config", cfg)
+    assert proc.returncode == 2 and "unknown key detector.kk" in proc.stderr
+    cfg.write_text('[detector]\nsensitivity = 10\n[source]\nstream = "motor-7"\n')
+    proc = run("replay", fault_wav, "--config", cfg)
+    out = lines(proc.stdout)
+    assert out[-1]["stream"] == "motor-7"
+    assert out[-1]["threshold"] == pytest.approx(
+        0.4 * json.loads(run("info", ROOT / "models" / "default.onnx").stdout)["threshold"]
+    )
+
+
+def test_stdin_source_equals_replay(fault_wav: Path, tmp_path: Path) -> None:
+    wav = tmp_path / "mono16k.wav"
+    mono = generate(16.0, 16000, seed=8, fault=Fault("imbalance", 4.0, 8.0, 0.8))
+    write_wav(wav, mono, 16000)
+    pcm = np.clip(np.round(mono.astype(np.float64) * 32767), -32768, 32767).astype("<i2").tobytes()
+    live = run("run", "--source", "stdin", "--rate", "16000", "--scores", stdin=pcm)
+    assert live.returncode == 0, live.stderr
+    replay = run("replay", wav, "--scores")
+    got = [(r["event"], r["start"], r["score"]) for r in lines(live.stdout.decode())]
+    want = [
+        (r["event"], r["start"], r["score"])
+        for r in lines(replay.stdout)
+        if r["event"] != "summary"
+    ]
+    assert got == want
+    assert [e for e, _, _ in got if e != "score"] == ["anomaly", "normal"]
+
+
+def test_example_config_in_deploy_is_valid() -> None:
+    from amulet_stream.config import load
+
+    cfg = load(ROOT / "deploy" / "amulet-stream.toml")
+    assert cfg.source.stream == "motor-1" and cfg.detector.k == 3
