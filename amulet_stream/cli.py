@@ -21,9 +21,12 @@ from . import __version__
 from .config import Config, ConfigError, load
 from .detector import effective_threshold
 from .devices import DeviceError, list_inputs, resolve
+from .httpserver import DEFAULT_PORT
 from .model import Model, ModelError, default_model_path
+from .mqtt import MqttConfigError, MqttSettings
 from .output import JsonLines, Progress, amulet_json
 from .pipeline import Record, StreamPipeline
+from .sinks import Sinks
 from .sources import DeviceSource, FileSource, StdinSource
 from .wav import WavError, read_info
 
@@ -57,6 +60,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", help="stream id written in every line")
     p.add_argument("--scores", action="store_true", help="also one line per scored window")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    p.add_argument("--mqtt", metavar="HOST[:PORT]", help="publish alerts to this MQTT broker")
+    p.add_argument(
+        "--metrics",
+        metavar="ADDR:PORT",
+        help=f"serve /metrics /healthz /readyz here (e.g. 127.0.0.1:{DEFAULT_PORT})",
+    )
+    p.add_argument(
+        "--http-submit",
+        action="store_true",
+        help="also serve AMULET's POST /submit on the metrics listener",
+    )
     _detector_args(p)
 
 
@@ -121,11 +135,29 @@ def _config(args: argparse.Namespace) -> Config:
     }
     if getattr(args, "source", None):
         source["kind"] = args.source
+    mqtt = cfg.mqtt
+    if args.mqtt:
+        host, _, port = args.mqtt.rpartition(":") if ":" in args.mqtt else (args.mqtt, "", "")
+        if port and not port.isdigit():
+            raise UsageError(f"--mqtt {args.mqtt!r}: port must be a number")
+        mqtt = dataclasses.replace(
+            mqtt or MqttSettings(),
+            host=host.strip("[]") or "127.0.0.1",
+            port=int(port) if port else 1883,
+        )
+    metrics = cfg.metrics
+    if args.metrics or args.http_submit:
+        listen = args.metrics or metrics.listen or f"127.0.0.1:{DEFAULT_PORT}"
+        metrics = dataclasses.replace(
+            metrics, listen=listen, submit=metrics.submit or args.http_submit
+        )
     try:
         return Config(
             dataclasses.replace(cfg.source, **{k: v for k, v in source.items() if v is not None}),
             dataclasses.replace(cfg.model, **model),
             dataclasses.replace(cfg.detector, **det) if det else cfg.detector,
+            mqtt,
+            metrics,
         )
     except ValueError as err:
         raise UsageError(str(err)) from err
@@ -176,50 +208,40 @@ def _replay_files(args: argparse.Namespace, files: list[Path]) -> int:
     speed = 1.0 if args.realtime else args.speed
     out = JsonLines(args.scores) if args.format == "jsonl" else None
     keep = args.format == "amulet-json" or args.plot is not None
+    sinks = Sinks(cfg, model, out, live=False)
+    threshold = effective_threshold(model.threshold, cfg.detector.sensitivity)
     failed = defect = False
     plotted: dict[str, list[Record]] = {}
-    for path in files:
-        try:
-            info = read_info(path)
-            source = FileSource(info, cfg.source.channel, speed)
-        except (WavError, ValueError) as err:
-            print(f"amulet-stream: error: {err}", file=sys.stderr)
-            failed = True
-            continue
-        pipe = StreamPipeline(
-            model, info.rate, cfg.source.stream, str(path), cfg.detector, _hop(cfg, model)
-        )
-        progress = Progress(info.duration, path.name)
-        rows: list[Record] | None = [] if keep else None
-        t0 = time.monotonic()
-        try:
-            for block in source.blocks():
-                for rec in pipe.feed(block):
-                    _route(rec, out, rows)
-                progress.update(pipe.stats.audio_seconds)
-            for rec in pipe.finish():
-                _route(rec, out, rows)
-        except WavError as err:
-            progress.close()
-            print(f"amulet-stream: error: {err}", file=sys.stderr)
-            failed = True
-            continue
-        progress.close()
-        summary = pipe.summary(time.monotonic() - t0)
-        defect |= summary["verdict"] == "defect"
-        if out is not None:
-            out.emit(summary)
-        else:
-            print(json.dumps(amulet_json(rows or [])), flush=True)
-        if rows is not None:
-            plotted[str(path)] = rows
+    try:
+        for path in files:
+            try:
+                info = read_info(path)
+                source = FileSource(info, cfg.source.channel, speed)
+            except (WavError, ValueError) as err:
+                print(f"amulet-stream: error: {err}", file=sys.stderr)
+                failed = True
+                continue
+            rows: list[Record] | None = [] if keep else None
+            try:
+                summary = _replay_one(cfg, model, path, source, sinks, rows)
+            except WavError as err:
+                print(f"amulet-stream: error: {err}", file=sys.stderr)
+                failed = True
+                continue
+            defect |= summary["verdict"] == "defect"
+            if out is not None:
+                out.emit(summary)
+            else:
+                print(json.dumps(amulet_json(rows or [])), flush=True)
+            if rows is not None:
+                plotted[str(path)] = rows
+    finally:
+        sinks.close()
     if args.plot and plotted:
         from .plot import PlotUnavailableError, plot_scores
 
         try:
-            plot_scores(
-                plotted, effective_threshold(model.threshold, cfg.detector.sensitivity), args.plot
-            )
+            plot_scores(plotted, threshold, args.plot)
         except PlotUnavailableError as err:
             raise UsageError(str(err)) from err
     if failed:
@@ -227,12 +249,38 @@ def _replay_files(args: argparse.Namespace, files: list[Path]) -> int:
     return EXIT_ANOMALY if defect and args.fail_on_anomaly else EXIT_OK
 
 
-def _route(rec: Record, out: JsonLines | None, rows: list[Record] | None) -> None:
-    """To the JSON lines output (if any) and, for score records, to `rows` (if kept)."""
-    if rows is not None and rec["event"] == "score":
-        rows.append(rec)
-    if out is not None:
-        out.emit(rec)
+def _replay_one(
+    cfg: Config,
+    model: Model,
+    path: Path,
+    source: FileSource,
+    sinks: Sinks,
+    rows: list[Record] | None,
+) -> Record:
+    """Replay one file through the pipeline into the sinks; return its summary."""
+    stream = cfg.source.stream
+    pipe = StreamPipeline(model, source.rate, stream, str(path), cfg.detector, _hop(cfg, model))
+    sinks.stream_started(stream, model, pipe.detector.threshold)
+    progress = Progress(source.info.duration, path.name)
+    t0 = time.monotonic()
+    try:
+        for block in source.blocks():
+            _deliver(pipe.feed(block), sinks, rows)
+            sinks.after_block(stream, pipe.stats)
+            progress.update(pipe.stats.audio_seconds)
+        _deliver(pipe.finish(), sinks, rows)
+    finally:
+        progress.close()
+        sinks.stream_stopped(stream)
+    return pipe.summary(time.monotonic() - t0)
+
+
+def _deliver(records: list[Record], sinks: Sinks, rows: list[Record] | None) -> None:
+    """Every record to the sinks; score records also to `rows` when kept."""
+    for rec in records:
+        if rows is not None and rec["event"] == "score":
+            rows.append(rec)
+        sinks.record(rec)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -261,7 +309,8 @@ def _run(args: argparse.Namespace) -> int:
         )
         _LOGGER.info("listening on %d: %s at %d Hz", dev.index, dev.name, source.rate)
     pipe = StreamPipeline(model, source.rate, src.stream, None, cfg.detector, _hop(cfg, model))
-    out = JsonLines(args.scores)
+    sinks = Sinks(cfg, model, JsonLines(args.scores), live=True)
+    sinks.stream_started(src.stream, model, pipe.detector.threshold)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         if isinstance(source, DeviceSource):
@@ -272,22 +321,27 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         for block in source.blocks():
-            for rec in pipe.feed(block):
-                out.emit(rec)
+            _deliver(pipe.feed(block), sinks, None)
+            overflows = (
+                source.input_overflows + source.ring.overflowed
+                if isinstance(source, DeviceSource)
+                else 0
+            )
+            sinks.after_block(src.stream, pipe.stats, overflows)
             if args.duration and pipe.stats.audio_seconds >= args.duration:
                 break
     except KeyboardInterrupt:
         _LOGGER.info("stopping")
-    for rec in pipe.finish():
-        out.emit(rec)
-    overflows = getattr(source, "input_overflows", 0)
+    finally:
+        _deliver(pipe.finish(), sinks, None)
+        sinks.stream_stopped(src.stream)
+        sinks.close()
     _LOGGER.info(
-        "%s: %.1f s of audio, %d windows, %d anomaly events, %d input overflows",
+        "%s: %.1f s of audio, %d windows, %d anomaly events",
         src.stream,
         pipe.stats.audio_seconds,
         pipe.stats.windows,
         pipe.stats.anomaly_events,
-        overflows,
     )
     return EXIT_OK
 
@@ -310,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "replay":
             return _replay(args)
         return _run(args)
-    except (UsageError, ModelError, ConfigError, DeviceError) as err:
+    except (UsageError, ModelError, ConfigError, DeviceError, MqttConfigError) as err:
         print(f"amulet-stream: error: {err}", file=sys.stderr)
         return EXIT_INPUT
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .detector import DetectorSettings
+from .mqtt import MqttSettings
 
 
 class ConfigError(ValueError):
@@ -43,12 +44,26 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]: the HTTP listener with /metrics, /healthz, /readyz and /submit."""
+
+    listen: str | None = None
+    """ADDR:PORT, e.g. '127.0.0.1:8491'; None: no listener."""
+    submit: bool = False
+    """Serve AMULET's POST /submit."""
+    submit_limit_mb: float = 50.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole file."""
 
     source: SourceConfig = field(default_factory=SourceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     detector: DetectorSettings = field(default_factory=DetectorSettings)
+    mqtt: MqttSettings | None = None
+    """None: no MQTT."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
@@ -68,6 +83,26 @@ _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "clear": (int,),
         "clear_ratio": (int, float),
     },
+    "mqtt": {
+        "host": (str,),
+        "port": (int,),
+        "client_id": (str,),
+        "keepalive": (int,),
+        "username": (str,),
+        "password_file": (str,),
+        "password_env": (str,),
+        "tls": (bool,),
+        "ca_file": (str,),
+        "cert_file": (str,),
+        "key_file": (str,),
+        "prefix": (str,),
+        "qos": (int,),
+        "queue_limit": (int,),
+        "scores": (bool,),
+        "homeassistant": (bool,),
+        "discovery_prefix": (str,),
+    },
+    "metrics": {"listen": (str,), "submit": (bool,), "submit_limit_mb": (int, float)},
 }
 
 
@@ -81,7 +116,7 @@ def _section(path: Path, doc: dict[str, Any], name: str) -> dict[str, Any]:
         if types is None:
             known = ", ".join(_TYPES[name])
             raise ConfigError(f"{path}: unknown key {name}.{key} (known: {known})")
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             want = " or ".join(t.__name__ for t in types)
             raise ConfigError(f"{path}: {name}.{key} must be {want}, got {value!r}")
         out[key] = value
@@ -116,4 +151,19 @@ def load(path: Path) -> Config:
         det = DetectorSettings(**_section(path, doc, "detector"))
     except ValueError as err:
         raise ConfigError(f"{path}: [detector]: {err}") from err
-    return Config(SourceConfig(**src), ModelConfig(**mod), det)
+    mq = _section(path, doc, "mqtt")
+    for key in ("password_file", "ca_file", "cert_file", "key_file"):
+        if key in mq:
+            mq[key] = (path.parent / mq[key]).resolve()
+    if mq.get("qos", 1) not in (0, 1, 2) or mq.get("queue_limit", 1) < 1:
+        raise ConfigError(f"{path}: mqtt.qos must be 0, 1 or 2 and mqtt.queue_limit >= 1")
+    if "password_file" in mq and "password_env" in mq:
+        raise ConfigError(f"{path}: give mqtt.password_file or mqtt.password_env, not both")
+    met = _section(path, doc, "metrics")
+    return Config(
+        SourceConfig(**src),
+        ModelConfig(**mod),
+        det,
+        MqttSettings(**mq) if "mqtt" in doc else None,
+        MetricsConfig(**met),
+    )

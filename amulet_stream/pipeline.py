@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +41,14 @@ class StreamStats:
     anomaly_events: int = 0
     audio_seconds: float = 0.0
     max_score: float = 0.0
+    level_dbfs: float = -120.0
+    """RMS level of the latest block."""
+    clipped: int = 0
+    """Samples at or beyond full scale."""
+    inference: list[float] = field(default_factory=list)
+    """Seconds each batch took in features + model (drained by the metrics sink)."""
+    lags: list[float] = field(default_factory=list)
+    """Seconds from the end of each window's audio to its decision (live input only)."""
 
 
 class StreamPipeline:
@@ -88,7 +96,13 @@ class StreamPipeline:
         """Process one source block; return the records it completed."""
         if self._t0 is None:
             self._t0 = block.capture_time
-        self.stats.audio_seconds += block.samples.shape[0] / self._source_rate
+        samples = block.samples
+        self.stats.audio_seconds += samples.shape[0] / self._source_rate
+        if samples.size:
+            finite = samples[np.isfinite(samples)]
+            rms = float(np.sqrt(np.mean(finite.astype(np.float64) ** 2))) if finite.size else 0.0
+            self.stats.level_dbfs = 20.0 * np.log10(max(rms, 1e-6))
+            self.stats.clipped += int(np.count_nonzero(np.abs(finite) >= 0.999))
         windows, starts = self.windower.push(self.resampler.process(block.samples))
         return self._score(windows, starts)
 
@@ -112,7 +126,13 @@ class StreamPipeline:
             windows, starts = windows[finite], starts[finite]
             if starts.size == 0:
                 return []
+        t_batch = time.perf_counter()
         scores = self.model.score_windows(self.profile.compute(windows))
+        self.stats.inference.append(time.perf_counter() - t_batch)
+        if self._t0 is not None:
+            now = time.time()
+            ends = self._t0 + (starts + self.profile.window) / self.profile.rate
+            self.stats.lags.extend(float(x) for x in now - ends)
         records: list[Record] = []
         thr = self.detector.threshold
         for start, score in zip(starts.tolist(), scores.tolist(), strict=True):
@@ -132,7 +152,8 @@ class StreamPipeline:
             records.append({"event": "score", **base, "anomaly": flag})
             change = self.detector.update(score)
             if change is not None:
-                when = None if self._t0 is None else self._t0 + start / self.profile.rate
+                end_sample = start + self.profile.window
+                when = None if self._t0 is None else self._t0 + end_sample / self.profile.rate
                 self.stats.events += 1
                 self.stats.anomaly_events += int(change == "anomaly")
                 records.append({"event": change, **base, "time": utc_iso(when)})

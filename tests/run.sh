@@ -13,6 +13,10 @@ command -v "$PY" >/dev/null || missing+=(python3)
 # PortAudio for sounddevice (live capture tests read an ALSA file-plugin device)
 { ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null; } | grep -q 'libportaudio\.so\.2' \
   || missing+=(libportaudio2)
+# real servers the MQTT and metrics tests start on 127.0.0.1
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v openssl >/dev/null || missing+=(openssl)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
