@@ -21,7 +21,7 @@ from . import __version__
 from .config import Config, ConfigError, load
 from .detector import effective_threshold
 from .devices import DeviceError, list_inputs, resolve
-from .httpserver import DEFAULT_PORT
+from .httpserver import DEFAULT_PORT, ListenError
 from .model import Model, ModelError, default_model_path
 from .mqtt import MqttConfigError, MqttSettings
 from .output import JsonLines, Progress, amulet_json
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "replay":
             return _replay(args)
         return _run(args)
-    except (UsageError, ModelError, ConfigError, DeviceError, MqttConfigError) as err:
+    except (UsageError, ModelError, ConfigError, DeviceError, MqttConfigError, ListenError) as err:
         print(f"amulet-stream: error: {err}", file=sys.stderr)
         return EXIT_INPUT
 

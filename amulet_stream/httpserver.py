@@ -32,6 +32,11 @@ DEFAULT_PORT = 8491
 HEALTH_SECONDS = 10.0
 SUBMIT_LIMIT = 50 * 1024 * 1024
 
+
+class ListenError(ValueError):
+    """The metrics listener cannot be opened (bad address, port in use)."""
+
+
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
@@ -156,15 +161,18 @@ def parse_address(text: str) -> tuple[str, int]:
     try:
         number = int(port)
     except ValueError as err:
-        raise ValueError(f"metrics address {text!r}: port must be a number") from err
+        raise ListenError(f"metrics address {text!r}: port must be a number") from err
     return host.strip("[]") or "127.0.0.1", number
 
 
 def serve(app: App, host: str, port: int) -> tuple[WSGIServer, int]:
     """Start the listener in a daemon thread; returns the server and the bound port."""
-    server = make_server(
-        host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
-    )
+    try:
+        server = make_server(
+            host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
+        )
+    except OSError as err:
+        raise ListenError(f"metrics listener {host}:{port}: {err.strerror or err}") from err
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     bound = int(server.server_address[1])

@@ -219,3 +219,19 @@ def test_real_prometheus_scrapes_the_counter(monitor, tmp_path: Path) -> None:
     finally:
         prom.terminate()
         prom.wait(20)
+
+
+def test_listener_errors_are_clear(audio: tuple[Path, bytes]) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([BIN, "replay", audio[0], "--metrics", f"127.0.0.1:{port}"],
+                              capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert f"metrics listener 127.0.0.1:{port}: Address already in use" in proc.stderr
+    proc = subprocess.run([BIN, "replay", audio[0], "--metrics", "localhost:http"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "port must be a number" in proc.stderr

@@ -45,6 +45,12 @@ def fault_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _replay(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BIN, "replay", *map(str, args)], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def _events(stdout: str) -> list[dict]:
     return [r for r in map(json.loads, stdout.splitlines()) if r["event"] in ("anomaly", "normal")]
 
@@ -58,13 +64,7 @@ def test_replay_publishes_alerts_state_and_availability(
         f"[mqtt]\nport = {broker.port}\nscores = true\nhomeassistant = true\n"
         '[source]\nstream = "pump-1"\n'
     )
-    proc = subprocess.run(
-        [BIN, "replay", fault_wav, "--config", cfg],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = _replay(fault_wav, "--config", cfg)
     assert proc.returncode == 0, proc.stderr
     expected = _events(proc.stdout)
     assert [e["event"] for e in expected] == ["anomaly", "normal"]
@@ -271,25 +271,13 @@ def test_tls_and_password(tmp_path: Path, fault_wav: Path) -> None:
             f'[mqtt]\nport = {broker.port}\ntls = true\nca_file = "ca.crt"\n'
             'username = "monitor"\npassword_file = "pw"\n'
         )
-        proc = subprocess.run(
-            [BIN, "replay", fault_wav, "--config", cfg],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        proc = _replay(fault_wav, "--config", cfg)
         assert proc.returncode == 0, proc.stderr
         wait_until(lambda: len(sub.on("amulet/default/alert")) == 2, 15, "alerts over TLS")
         sub.close()
         # a wrong password: refused, said, and the monitor still monitors
         (tmp_path / "pw").write_text("wrong\n")
-        proc = subprocess.run(
-            [BIN, "replay", fault_wav, "--config", cfg],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        proc = _replay(fault_wav, "--config", cfg)
         assert proc.returncode == 0
         assert "refused the connection" in proc.stderr
         assert [e["event"] for e in _events(proc.stdout)] == ["anomaly", "normal"]
@@ -300,13 +288,7 @@ def test_tls_and_password(tmp_path: Path, fault_wav: Path) -> None:
 def test_no_broker_at_all_still_monitors(fault_wav: Path, tmp_path: Path) -> None:
     from .servers import free_port
 
-    proc = subprocess.run(
-        [BIN, "replay", fault_wav, "--mqtt", f"127.0.0.1:{free_port()}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = _replay(fault_wav, "--mqtt", f"127.0.0.1:{free_port()}")
     assert proc.returncode == 0
     assert [e["event"] for e in _events(proc.stdout)] == ["anomaly", "normal"]
 
@@ -319,13 +301,7 @@ def test_refused_publish_is_counted_not_retried(tmp_path: Path, fault_wav: Path)
     broker = Mosquitto(tmp_path, extra=f"acl_file {acl}")
     broker.start()
     try:
-        proc = subprocess.run(
-            [BIN, "replay", fault_wav, "--mqtt", f"127.0.0.1:{broker.port}"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        proc = _replay(fault_wav, "--mqtt", f"127.0.0.1:{broker.port}")
         assert proc.returncode == 0, proc.stderr
         assert "broker refused amulet/default/alert: Not authorized" in proc.stderr
         assert "not delivered at exit" not in proc.stderr
