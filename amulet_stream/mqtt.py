@@ -102,7 +102,6 @@ class MqttSink:
         self.connected = False
         self.dropped = 0
         """Messages dropped because the outbox was full (or refused by the broker)."""
-        self.delivered = 0
         self.refused = False
         """The broker refused our credentials at least once."""
         self._outbox: deque[_Message] = deque()
@@ -346,7 +345,6 @@ class MqttSink:
             with self._lock:
                 if self._outbox and self._outbox[0] is msg:
                     self._outbox.popleft()
-                    self.delivered += 1
 
     def _publish_discovery(self, stream: str) -> None:
         dev = {

@@ -37,7 +37,6 @@ class StreamStats:
     anomalous_windows: int = 0
     skipped_windows: int = 0
     """Windows with NaN or infinite samples: not scored."""
-    events: int = 0
     anomaly_events: int = 0
     audio_seconds: float = 0.0
     max_score: float = 0.0
@@ -154,7 +153,6 @@ class StreamPipeline:
             if change is not None:
                 end_sample = start + self.profile.window
                 when = None if self._t0 is None else self._t0 + end_sample / self.profile.rate
-                self.stats.events += 1
                 self.stats.anomaly_events += int(change == "anomaly")
                 records.append({"event": change, **base, "time": utc_iso(when)})
         return records

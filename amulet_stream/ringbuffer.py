@@ -33,11 +33,6 @@ class RingBuffer:
         """Samples written and not yet read."""
         return self._written - self._read
 
-    @property
-    def written(self) -> int:
-        """Samples accepted since creation."""
-        return self._written
-
     def write(self, samples: F32) -> int:
         """Copy samples in (audio thread); return how many were accepted."""
         free = self.capacity - (self._written - self._read)

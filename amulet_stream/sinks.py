@@ -26,7 +26,6 @@ class Sinks:
         self.mqtt = MqttSink(cfg.mqtt, model.sha256) if cfg.mqtt is not None else None
         self.registry: CollectorRegistry | None = None
         self.metrics: Metrics | None = None
-        self.port: int | None = None
         self._server: Any = None
         self._clipped: dict[str, int] = {}
         self._overflows: dict[str, int] = {}
@@ -44,7 +43,7 @@ class Sinks:
                 int(cfg.metrics.submit_limit_mb * 1024 * 1024),
                 live=live,
             )
-            self._server, self.port = serve(app, host, port)
+            self._server, _ = serve(app, host, port)
         if self.mqtt is not None:
             self.mqtt.start()
 
