@@ -1,4 +1,5 @@
-"""amulet-stream: run (live), replay (wav as a fake stream), devices, info.
+"""amulet-stream: run (live), replay (wav as a fake stream), record (training audio through
+the live path), devices, info.
 
 Standard output: one JSON object per line; logs on standard error.
 Exit codes: 0 ok; 1 replay found anomalies and --fail-on-anomaly was given; 2 bad usage or
@@ -19,7 +20,7 @@ from types import FrameType
 
 from . import __version__
 from .config import Config, ConfigError, load
-from .detector import effective_threshold
+from .detector import RENAMED, effective_threshold
 from .devices import DeviceError, list_inputs, resolve
 from .httpserver import DEFAULT_PORT, ListenError
 from .model import Model, ModelError, default_model_path
@@ -40,16 +41,25 @@ class UsageError(ValueError):
 
 
 def _detector_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("detector")
+    g = p.add_argument_group("detector (durations in seconds of audio)")
     g.add_argument(
         "--sensitivity",
         type=float,
         help="1..10, default 8; each step below 8 raises the threshold by 30 %%",
     )
-    g.add_argument("--k", type=int, help="anomalous windows among the last n to alert (3)")
-    g.add_argument("--n", type=int, help="window count of the k-of-n trigger (5)")
-    g.add_argument("--clear", type=int, help="calm windows in a row to return to normal (5)")
+    g.add_argument(
+        "--alert-seconds",
+        type=float,
+        help="alert when windows above threshold cover this much of the last "
+        "--within-seconds (0.5)",
+    )
+    g.add_argument("--within-seconds", type=float, help="look-back of the alert rule (2)")
+    g.add_argument(
+        "--clear-seconds", type=float, help="calm time in a row to return to normal (3)"
+    )
     g.add_argument("--hop", type=float, help="seconds between window starts (model's own)")
+    for old in RENAMED:
+        g.add_argument(f"--{old}", dest=f"old_{old}", help=argparse.SUPPRESS)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -112,6 +122,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common(live)
 
+    rec = sub.add_parser(
+        "record", help="capture training audio through the live path into a float32 wav"
+    )
+    rec.add_argument(
+        "--source",
+        choices=["device", "stdin"],
+        default="device",
+        help="sound card (default) or raw S16_LE PCM on stdin",
+    )
+    rec.add_argument("--device", help="input device name (or part of it) or index")
+    rec.add_argument("--seconds", type=float, metavar="N", help="how long to record (required)")
+    rec.add_argument("-o", "--output", type=Path, metavar="FILE", help="wav to write (required)")
+    rec.add_argument("--rate", type=int, help="capture rate, Hz (device default; stdin: required)")
+    rec.add_argument("--channels", type=int, help="channels to open (default 1)")
+    rec.add_argument("--channel", type=int, help="0-based channel to keep (default: down-mix)")
+    rec.add_argument("--buffer", type=float, default=10.0, help="ring buffer, seconds (10)")
+    rec.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    rec.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+
     sub.add_parser("devices", help="list input devices")
     i = sub.add_parser("info", help="print a model's metadata as JSON")
     i.add_argument("model", type=Path)
@@ -120,9 +149,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace) -> Config:
     cfg = load(args.config) if args.config else Config()
+    for old, new in RENAMED.items():
+        if getattr(args, f"old_{old}") is not None:
+            flag = "--" + new.replace("_", "-")
+            raise UsageError(
+                f"--{old} counted windows and is gone: give durations in seconds with "
+                f"{flag} (see --help)"
+            )
     det = {
         k: getattr(args, k)
-        for k in ("sensitivity", "k", "n", "clear")
+        for k in ("sensitivity", "alert_seconds", "within_seconds", "clear_seconds")
         if getattr(args, k) is not None
     }
     model = {
@@ -167,13 +203,23 @@ def _load_model(cfg: Config) -> Model:
     path = cfg.model.path or default_model_path()
     model = Model(path, threads=cfg.model.threads)
     _LOGGER.info("model %s: profile %s, threshold %.4g", path, model.profile.name, model.threshold)
+    if path.resolve() == default_model_path().resolve():
+        _LOGGER.warning(
+            "%s is the demo model: it was trained on generated motor sound, and on a real "
+            "motor it will report anomalies all the time. Train one on your motor: "
+            "amulet-stream record --device DEV --seconds 600 -o healthy.wav && "
+            "amulet-export train --input-file healthy.wav --output-dir mymodel, then "
+            "--model mymodel/model.onnx",
+            path.name,
+        )
     return model
 
 
 def _hop(cfg: Config, model: Model) -> int | None:
+    """Vectors between window starts from the configured hop in seconds (None: the model's)."""
     if cfg.model.hop is None:
         return None
-    return max(1, round(cfg.model.hop * model.profile.rate))
+    return max(1, round(cfg.model.hop * model.profile.rate / model.profile.step))
 
 
 def _demo_file(folder: Path) -> Path:
@@ -229,10 +275,11 @@ def _replay_files(args: argparse.Namespace, files: list[Path]) -> int:
                 failed = True
                 continue
             defect |= summary["verdict"] == "defect"
+            failed |= summary["verdict"] == "too_short"
             if out is not None:
                 out.emit(summary)
             else:
-                print(json.dumps(amulet_json(rows or [])), flush=True)
+                print(json.dumps(amulet_json(rows or [], summary.get("problem"))), flush=True)
             if rows is not None:
                 plotted[str(path)] = rows
     finally:
@@ -346,6 +393,32 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _record(args: argparse.Namespace) -> int:
+    from .record import RecordError, RecordSettings, record
+
+    if args.seconds is None:
+        raise UsageError("record needs --seconds N: how many seconds to record")
+    if args.output is None:
+        raise UsageError("record needs -o FILE.wav: where to write the recording")
+    settings = RecordSettings(
+        args.output,
+        args.seconds,
+        args.source,
+        args.device,
+        args.rate,
+        args.channels,
+        args.channel,
+        args.buffer,
+        args.force,
+    )
+    try:
+        summary = record(settings)
+    except RecordError as err:
+        raise UsageError(str(err)) from err
+    JsonLines(scores=False).emit(summary)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the amulet-stream console script."""
     args = _parser().parse_args(argv)
@@ -363,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "replay":
             return _replay(args)
+        if args.command == "record":
+            return _record(args)
         return _run(args)
     except (UsageError, ModelError, ConfigError, DeviceError, MqttConfigError, ListenError) as err:
         print(f"amulet-stream: error: {err}", file=sys.stderr)

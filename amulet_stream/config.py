@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .detector import DetectorSettings
+from .detector import RENAMED, DetectorSettings
 from .mqtt import MqttSettings
 
 
@@ -78,9 +78,9 @@ _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
     "model": {"path": (str,), "threads": (int,), "hop": (int, float)},
     "detector": {
         "sensitivity": (int, float),
-        "k": (int,),
-        "n": (int,),
-        "clear": (int,),
+        "alert_seconds": (int, float),
+        "within_seconds": (int, float),
+        "clear_seconds": (int, float),
         "clear_ratio": (int, float),
     },
     "mqtt": {
@@ -113,6 +113,11 @@ def _section(path: Path, doc: dict[str, Any], name: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in table.items():
         types = _TYPES[name].get(key)
+        if name == "detector" and key in RENAMED:
+            raise ConfigError(
+                f"{path}: detector.{key} counted windows and is gone: give durations in "
+                f"seconds with detector.{RENAMED[key]}"
+            )
         if types is None:
             known = ", ".join(_TYPES[name])
             raise ConfigError(f"{path}: unknown key {name}.{key} (known: {known})")
@@ -147,8 +152,9 @@ def load(path: Path) -> Config:
     for key in ("rate", "channels"):
         if src.get(key, 1) < 1:
             raise ConfigError(f"{path}: source.{key} must be positive")
+    det_keys = _section(path, doc, "detector")
     try:
-        det = DetectorSettings(**_section(path, doc, "detector"))
+        det = DetectorSettings(**det_keys)
     except ValueError as err:
         raise ConfigError(f"{path}: [detector]: {err}") from err
     mq = _section(path, doc, "mqtt")

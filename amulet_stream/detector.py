@@ -1,32 +1,43 @@
-"""Detector: window scores -> anomaly/normal state changes (sensitivity, k-of-n, hysteresis)."""
+"""Detector: window scores -> anomaly/normal state changes, with durations in seconds."""
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
 NORMAL = "normal"
 ANOMALY = "anomaly"
+RENAMED = {
+    "k": "alert_seconds",
+    "n": "within_seconds",
+    "clear": "clear_seconds",
+}
+"""Window-count settings of earlier versions and the settings in seconds that replace them."""
 
 
 @dataclass(frozen=True)
 class DetectorSettings:
-    """How window flags become state changes."""
+    """How window scores become state changes; durations in seconds of stream time."""
 
     sensitivity: float = 8.0
     """AMULET's sensitivity 1..10: each step below 8 raises the threshold by 30 %."""
-    k: int = 3
-    """Anomalous windows among the last n that switch to anomaly."""
-    n: int = 5
-    clear: int = 5
-    """Consecutive windows below threshold x clear_ratio that switch back to normal."""
+    alert_seconds: float = 0.5
+    """Anomaly when windows above threshold cover at least this much of the last
+    `within_seconds` (each window stands for one hop of time)."""
+    within_seconds: float = 2.0
+    clear_seconds: float = 3.0
+    """Back to normal after this long with every window at or below threshold x clear_ratio."""
     clear_ratio: float = 1.0
 
     def __post_init__(self) -> None:
-        if not 1 <= self.k <= self.n:
-            raise ValueError(f"k-of-n needs 1 <= k <= n (k={self.k}, n={self.n})")
-        if self.clear < 1 or not 0 < self.clear_ratio <= 1:
-            raise ValueError("clear must be >= 1 and clear_ratio in (0, 1]")
+        if not 0 < self.alert_seconds <= self.within_seconds <= 3600:
+            raise ValueError(
+                "alert_seconds and within_seconds need 0 < alert_seconds <= within_seconds "
+                f"<= 3600 (got {self.alert_seconds}, {self.within_seconds})"
+            )
+        if not 0 < self.clear_seconds <= 3600 or not 0 < self.clear_ratio <= 1:
+            raise ValueError("clear_seconds must be in (0, 3600] and clear_ratio in (0, 1]")
         if not 0 < self.sensitivity <= 10:
             raise ValueError(f"sensitivity must be in (0, 10], got {self.sensitivity}")
 
@@ -36,14 +47,25 @@ def effective_threshold(threshold: float, sensitivity: float) -> float:
     return threshold + threshold * (8.0 - sensitivity) * 0.30
 
 
-class Detector:
-    """Per-stream state machine; feed scores in time order. Not thread-safe."""
+def windows_for(seconds: float, hop_seconds: float) -> int:
+    """Whole windows (at least 1) that cover `seconds` when each stands for `hop_seconds`."""
+    return max(1, math.ceil(seconds / hop_seconds - 1e-9))
 
-    def __init__(self, threshold: float, settings: DetectorSettings | None = None) -> None:
-        self.settings = settings or DetectorSettings()
-        self.threshold = effective_threshold(threshold, self.settings.sensitivity)
+
+class Detector:
+    """Per-stream state machine; feed window scores in time order. Not thread-safe."""
+
+    def __init__(
+        self, threshold: float, hop_seconds: float, settings: DetectorSettings | None = None
+    ) -> None:
+        self.settings = s = settings or DetectorSettings()
+        self.threshold = effective_threshold(threshold, s.sensitivity)
         self.state = NORMAL
-        self._recent: deque[bool] = deque(maxlen=self.settings.n)
+        self._need = windows_for(s.alert_seconds, hop_seconds)
+        self._recent: deque[bool] = deque(
+            maxlen=max(self._need, windows_for(s.within_seconds, hop_seconds))
+        )
+        self._clear = windows_for(s.clear_seconds, hop_seconds)
         self._calm = 0
 
     def is_anomalous(self, score: float) -> bool:
@@ -52,17 +74,16 @@ class Detector:
 
     def update(self, score: float) -> str | None:
         """Add one window score; return the new state if it changed, else None."""
-        flag = self.is_anomalous(score)
-        self._recent.append(flag)
+        self._recent.append(self.is_anomalous(score))
         if self.state == NORMAL:
-            if sum(self._recent) >= self.settings.k:
+            if sum(self._recent) >= self._need:
                 self.state = ANOMALY
                 self._calm = 0
                 return ANOMALY
             return None
         calm = score <= self.threshold * self.settings.clear_ratio
         self._calm = self._calm + 1 if calm else 0
-        if self._calm >= self.settings.clear:
+        if self._calm >= self._clear:
             self.state = NORMAL
             self._recent.clear()
             return NORMAL

@@ -1,8 +1,10 @@
 """Feature profiles: the one feature code used by training (export) and serving (runtime).
 
-A profile turns windows of mono float32 audio at its rate, shape (N, window), into feature
-vectors of shape (N, V, D): V vectors of D features per window. The model scores each vector
-(mean absolute reconstruction error); a window's score is the mean over its V vectors.
+A profile cuts a mono float32 stream at its rate into frames of n_fft samples on a fixed grid
+(frame j starts at offset + j * step, anchored at the stream's first sample) and turns each
+frame into K features once. `stack` consecutive frames make one vector of D = stack x K
+features, which the model scores once (mean absolute reconstruction error). A window is V
+consecutive vectors; its score is the mean of theirs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
+
+
+MFCC_IMAGE = "mfcc-image-v1"
+_ONE_FRAME_PER_WINDOW = frozenset({"amulet-v1", MFCC_IMAGE})
 
 
 class ProfileError(ValueError):
@@ -65,6 +71,16 @@ def dct3_matrix(n: int, keep: int) -> F64:
     return np.asarray(m, dtype=np.float64)
 
 
+def dct2_matrix(n: int, keep: int) -> F64:
+    """First `keep` rows of the orthonormal DCT-II of length n (scipy dct type 2, 'ortho'):
+    shape (keep, n), the transpose of the full DCT-III."""
+    j = np.arange(keep)[:, None]
+    k = np.arange(n)[None, :]
+    m = np.cos(np.pi * j * (k + 0.5) / n) * np.sqrt(2.0 / n)
+    m[0, :] = np.sqrt(1.0 / n)
+    return np.asarray(m, dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class Profile:
     """Feature profile parameters; everything needed to recompute features is stored here."""
@@ -75,9 +91,9 @@ class Profile:
     window: int
     """Samples per window (the scored unit)."""
     hop: int
-    """Samples between window starts when serving."""
+    """Samples between window starts when serving (rounded to whole vectors: `hop_vectors`)."""
     offset: int
-    """Sample index of the first window's start."""
+    """Sample index of the first frame's start."""
     n_fft: int
     frame_hop: int
     """Samples between STFT frames inside a window."""
@@ -87,81 +103,133 @@ class Profile:
     """Consecutive log-mel frames stacked into one vector (logmel profiles)."""
     pad_tail: bool = False
     """Emit a zero-padded last window whose centre is inside the stream (AMULET's row count)."""
+    stft_size: int = 0
+    """FFT size of the STFT inside each frame (mfcc-image profiles); 0: one FFT per frame."""
 
     @cached_property
     def _hann(self) -> F64:
-        return hann(self.n_fft)
+        return hann(self.stft_size or self.n_fft)
 
-    @cached_property
-    def _mel(self) -> F64:
-        return mel_filterbank(self.rate, self.n_fft, self.n_mels)
+    @property
+    def step(self) -> int:
+        """Samples between consecutive frames (and vectors) on the stream's grid."""
+        return self.window if self.name in _ONE_FRAME_PER_WINDOW else self.frame_hop
+
+    @property
+    def hop_vectors(self) -> int:
+        """Vectors between window starts when serving (at least 1)."""
+        return max(1, round(self.hop / self.step))
 
     @property
     def n_frames(self) -> int:
-        """STFT frames per window."""
+        """Frames per window."""
+        if self.name in _ONE_FRAME_PER_WINDOW:
+            return 1
         return 1 + (self.window - self.n_fft) // self.frame_hop
 
     @property
     def vectors(self) -> int:
         """Feature vectors per window (V)."""
-        return 1 if self.name == "amulet-v1" else self.n_frames - self.stack + 1
+        return self.n_frames - self.stack + 1
+
+    @property
+    def frame_dim(self) -> int:
+        """Features per frame (K)."""
+        if self.name == MFCC_IMAGE:
+            return self.n_mfcc * self.image_columns
+        return 3 if self.name == "amulet-v1" else self.n_mels
+
+    @property
+    def image_columns(self) -> int:
+        """STFT columns per frame of an mfcc-image profile (centred frames: 1 + n_fft // hop)."""
+        return 1 + self.n_fft // self.frame_hop
 
     @property
     def dim(self) -> int:
-        """Features per vector (D)."""
-        return 3 if self.name == "amulet-v1" else self.n_mels * self.stack
+        """Features per vector (D = stack x K)."""
+        return self.frame_dim * self.stack
+
+    @property
+    def span(self) -> int:
+        """Samples a window covers: from its first frame's start to its last frame's end."""
+        return (self.n_frames - 1) * self.step + self.n_fft
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready parameters."""
         return asdict(self)
 
     @cached_property
-    def _dct(self) -> F64:
-        return dct3_matrix(self.n_mels, self.n_mfcc)
+    def _dct_t(self) -> F64:
+        """MFCC transform (n_mels, n_mfcc): librosa's DCT-II; DCT-III for amulet-v1, as AMULET."""
+        dct = dct3_matrix if self.name == "amulet-v1" else dct2_matrix
+        return np.ascontiguousarray(dct(self.n_mels, self.n_mfcc).T)
 
     @cached_property
     def _mel_t(self) -> F64:
-        return np.ascontiguousarray(self._mel.T)
+        fft = self.stft_size or self.n_fft
+        return np.ascontiguousarray(mel_filterbank(self.rate, fft, self.n_mels).T)
 
-    def _power(self, window: F32) -> F64:
-        """|STFT|^2 of one window's frames, shape (frames, n_fft//2+1)."""
-        frames = sliding_window_view(window, self.n_fft)[:: self.frame_hop]
+    def frame_features(self, frames: F32) -> F64:
+        """Features of float32 frames (F, n_fft) at `rate`: (F, K), row by row independent.
+
+        logmel: K log-mel bands in dB. amulet-v1: AMULET's mean |STFT|, mean mel power and
+        mean |MFCC| of the frame (MFCC from dB floored 80 dB below the frame's peak).
+        mfcc-image-v1: the frame's MFCC matrix (n_mfcc, image_columns), flattened row-major."""
+        if frames.ndim != 2 or frames.shape[1] != self.n_fft:
+            raise ValueError(f"frames must have shape (F, {self.n_fft}), got {frames.shape}")
+        if self.name == MFCC_IMAGE:
+            return self._mfcc_image(frames)
         spec = np.fft.rfft(frames.astype(np.float64) * self._hann, axis=-1)
-        return np.asarray(spec.real**2 + spec.imag**2, dtype=np.float64)
-
-    def compute(self, windows: F32) -> F32:
-        """Feature vectors for float32 windows (N, window) at `rate`: shape (N, V, D).
-
-        Window by window, so a window's features never depend on what it was batched with."""
-        if windows.ndim != 2 or windows.shape[1] != self.window:
-            raise ValueError(f"windows must have shape (N, {self.window}), got {windows.shape}")
-        one = self._amulet_row if self.name == "amulet-v1" else self._logmel_vectors
-        out = np.empty((windows.shape[0], self.vectors, self.dim), dtype=np.float32)
-        for i in range(windows.shape[0]):
-            out[i] = one(windows[i])
-        return out
-
-    def _amulet_row(self, window: F32) -> F64:
-        """AMULET's 3 features of one frame: mean |STFT|, mean mel power, mean |MFCC|."""
-        spec = np.fft.rfft(window.astype(np.float64) * self._hann)
         power = spec.real**2 + spec.imag**2
         mel = power @ self._mel_t
+        if self.name != "amulet-v1":
+            return np.asarray(10.0 * np.log10(np.maximum(mel, 1e-10)), dtype=np.float64)
         db = 10.0 * np.log10(np.maximum(mel, 1e-10))
-        db = np.maximum(db, db.max() - 80.0)
-        mfcc = self._dct @ db
-        return np.array(
+        db = np.maximum(db, db.max(axis=1, keepdims=True) - 80.0)
+        mfcc = db @ self._dct_t
+        return np.stack(
             [
-                np.sqrt(power).sum() / power.size,
-                mel.sum() / mel.size,
-                np.abs(mfcc).sum() / mfcc.size,
-            ]
+                np.sqrt(power).sum(axis=1) / power.shape[1],
+                mel.sum(axis=1) / mel.shape[1],
+                np.abs(mfcc).sum(axis=1) / mfcc.shape[1],
+            ],
+            axis=1,
         )
 
-    def _logmel_vectors(self, window: F32) -> F64:
-        """Stacked log-mel frames of one window, shape (V, D)."""
-        logmel = 10.0 * np.log10(np.maximum(self._power(window) @ self._mel_t, 1e-10))
-        stacked = sliding_window_view(logmel, self.stack, axis=0)  # (V, n_mels, stack)
-        return np.swapaxes(stacked, 1, 2).reshape(self.vectors, self.dim)
+    def _mfcc_image(self, frames: F32) -> F64:
+        """librosa 0.7's mfcc() of each frame alone (AMULET's DCGAN input): (F, n_fft) ->
+        (F, n_mfcc x columns). Frame by frame, all-zero frames (the padding rows of a chunk)
+        from a cache: the costly part runs once per real second, with the same shapes always."""
+        out = np.empty((frames.shape[0], self.frame_dim))
+        live = frames.any(axis=1)
+        out[~live] = self._silent_image
+        for i in np.flatnonzero(live):
+            out[i] = self._mfcc_matrix(frames[i])
+        return out
+
+    @cached_property
+    def _silent_image(self) -> F64:
+        return self._mfcc_matrix(np.zeros(self.n_fft, np.float32))
+
+    def _mfcc_matrix(self, frame: F32) -> F64:
+        """One frame's MFCC matrix, flattened (n_mfcc x columns,): centred STFT frames with
+        reflect padding (librosa < 0.9's default), power mel spectrogram, dB with ref 1 and
+        an 80 dB floor below the frame's peak, orthonormal DCT-II."""
+        half = self.stft_size // 2
+        padded = np.pad(frame.astype(np.float64), half, mode="reflect")
+        cols = sliding_window_view(padded, self.stft_size)[:: self.frame_hop]
+        spec = np.fft.rfft(cols * self._hann, axis=-1)  # (columns, stft_size // 2 + 1)
+        db = 10.0 * np.log10(np.maximum((spec.real**2 + spec.imag**2) @ self._mel_t, 1e-10))
+        mfcc = np.maximum(db, db.max() - 80.0) @ self._dct_t  # (columns, n_mfcc)
+        return np.ascontiguousarray(mfcc.T, np.float64).reshape(-1)
+
+    def stack_frames(self, feats: F64) -> F32:
+        """Vectors from consecutive frame features (F, K): (F - stack + 1, stack x K) float32;
+        vector i is frames i..i+stack-1, oldest first."""
+        if feats.shape[0] < self.stack:
+            return np.zeros((0, self.dim), np.float32)
+        stacked = sliding_window_view(feats, self.stack, axis=0)  # (M, K, stack)
+        return np.swapaxes(stacked, 1, 2).reshape(-1, self.dim).astype(np.float32)
 
 
 AMULET_V1 = Profile(
@@ -180,14 +248,27 @@ LOGMEL_V1 = Profile(
     name="logmel-v1",
     rate=16000,
     window=16000,
-    hop=16000,
+    hop=4096,
     offset=0,
     n_fft=1024,
     frame_hop=512,
     n_mels=64,
     stack=5,
 )
-PROFILES = {p.name: p for p in (AMULET_V1, LOGMEL_V1)}
+MFCC_IMAGE_V1 = Profile(
+    name=MFCC_IMAGE,
+    rate=22050,
+    window=22050,
+    hop=22050,
+    offset=0,
+    n_fft=22050,
+    frame_hop=512,
+    n_mels=128,
+    n_mfcc=20,
+    stft_size=2048,
+)
+"""AMULET's DCGAN input: each whole second's 20 x 44 MFCC matrix (a frame of 880 features)."""
+PROFILES = {p.name: p for p in (AMULET_V1, LOGMEL_V1, MFCC_IMAGE_V1)}
 DEFAULT_PROFILE = LOGMEL_V1.name
 
 
@@ -200,33 +281,10 @@ def profile_from_dict(data: dict[str, Any]) -> Profile:
         profile = Profile(**data)
     except TypeError as err:
         raise ProfileError(f"feature profile {name!r} has unknown parameters: {err}") from err
-    if profile.window < profile.n_fft or profile.rate <= 0 or profile.hop <= 0:
+    if (
+        profile.window < profile.n_fft
+        or min(profile.rate, profile.hop, profile.frame_hop, profile.stack) <= 0
+        or profile.vectors < 1
+    ):
         raise ProfileError(f"feature profile {name!r} has inconsistent parameters: {data}")
     return profile
-
-
-def window_starts(
-    profile: Profile, n_samples: int, hop: int | None = None
-) -> npt.NDArray[np.int64]:
-    """Start indexes of the windows a stream of n_samples yields (padded tail included)."""
-    step = hop or profile.hop
-    last = n_samples - profile.window
-    if profile.pad_tail:
-        last = n_samples - profile.window // 2
-    if last < profile.offset:
-        return np.zeros(0, dtype=np.int64)
-    return np.arange(profile.offset, last + 1, step, dtype=np.int64)
-
-
-def cut_windows(
-    samples: F32, profile: Profile, hop: int | None = None
-) -> tuple[F32, npt.NDArray[np.int64]]:
-    """Windows (N, window) of a whole mono signal and their start indexes."""
-    starts = window_starts(profile, samples.size, hop)
-    if starts.size == 0:
-        return np.zeros((0, profile.window), np.float32), starts
-    need = int(starts[-1]) + profile.window
-    if need > samples.size:
-        samples = np.concatenate([samples, np.zeros(need - samples.size, np.float32)])
-    view = sliding_window_view(samples, profile.window)
-    return np.ascontiguousarray(view[starts]), starts

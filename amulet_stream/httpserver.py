@@ -136,23 +136,29 @@ class App:
             wav = Path(tmp) / "upload.wav"
             wav.write_bytes(data)
             try:
-                rows = score_wav(self.model, wav, self.settings)
+                rows, too_short = score_wav(self.model, wav, self.settings)
             except WavError as err:
                 return _json(
                     start, "400 Bad Request", {"error": f"data_file: {str(err).split(': ', 1)[-1]}"}
                 )
+        if too_short is not None:
+            return _json(start, "422 Unprocessable Entity", amulet_json(rows, too_short))
         return _json(start, "200 OK", amulet_json(rows))
 
 
-def score_wav(model: Model, path: Path, settings: DetectorSettings | None) -> list[dict[str, Any]]:
-    """Score records of a whole wav file, as `replay` computes them."""
+def score_wav(
+    model: Model, path: Path, settings: DetectorSettings | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Score records of a whole wav file, as `replay` computes them, and why nothing could be
+    scored (None if something was)."""
     info = read_info(path)
     pipe = StreamPipeline(model, info.rate, "submit", str(path), settings)
     rows: list[dict[str, Any]] = []
     for block in FileSource(info).blocks():
         rows += pipe.feed(block)
     rows += pipe.finish()
-    return [r for r in rows if r["event"] == "score"]
+    problem = pipe.too_short_message() if pipe.stats.too_short else None
+    return [r for r in rows if r["event"] == "score"], problem
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -22,8 +22,8 @@ FORMAT_VERSION = 1
 META_KEY = "amulet"
 INPUT_NAME = "features"
 OUTPUT_NAME = "score"
-BATCH_WINDOWS = 8
-"""Windows' worth of vectors per onnxruntime call."""
+BATCH = 32
+"""Vectors per onnxruntime call: always exactly this many rows (zero-padded)."""
 REQUIRED = (
     "format_version",
     "profile",
@@ -122,8 +122,6 @@ class Model:
                 f"{path}: graph must take '{INPUT_NAME}' and give '{OUTPUT_NAME}' "
                 f"(has inputs {[i.name for i in inputs]}, outputs {[o.name for o in outputs]})"
             )
-        self.batch = BATCH_WINDOWS * self.meta.profile.vectors
-        """Rows per onnxruntime call."""
         dim = inputs[0].shape[-1]
         if dim != self.meta.profile.dim:
             raise ModelError(
@@ -141,27 +139,21 @@ class Model:
         """The model's stored threshold."""
         return self.meta.threshold
 
-    def score_vectors(self, vectors: F32) -> F32:
+    def score_vectors(self, vectors: F32, first: int = 0) -> F32:
         """Mean absolute reconstruction error of each raw feature vector, (M, D) -> (M,).
 
-        Runs in zero-padded batches of exactly `batch` rows: a vector's score does not depend
-        on how many others arrived with it (live and replay give identical scores)."""
-        m, b = vectors.shape[0], self.batch
-        padded = np.zeros((-(-m // b) * b, vectors.shape[1]), dtype=np.float32)
-        padded[:m] = vectors
+        Vector k has index first + k in its stream and is scored at row (first + k) % BATCH of
+        a zero-padded batch of exactly BATCH rows, so its score does not depend on which
+        vectors arrived with it (live, replay and stdin give bit-identical scores)."""
+        m, b = vectors.shape[0], BATCH
+        pos = first % b
+        padded = np.zeros((-(-(pos + m) // b) * b, vectors.shape[1]), dtype=np.float32)
+        padded[pos : pos + m] = vectors
         out = np.empty(padded.shape[0], dtype=np.float32)
         for i in range(0, padded.shape[0], b):
             res = self._session.run([OUTPUT_NAME], {INPUT_NAME: padded[i : i + b]})[0]
             out[i : i + b] = np.asarray(res, dtype=np.float32).reshape(-1)
-        return out[:m]
-
-    def score_windows(self, feats: F32) -> F32:
-        """Window scores from features (N, V, D): the mean of each window's vector scores."""
-        n, v, d = feats.shape
-        if n == 0:
-            return np.zeros(0, np.float32)
-        scores: F32 = self.score_vectors(feats.reshape(n * v, d)).reshape(n, v).mean(axis=1)
-        return scores
+        return out[pos : pos + m]
 
     def info(self) -> dict[str, Any]:
         """Metadata plus file facts, for `amulet-stream info` (parity inputs left out)."""

@@ -30,8 +30,11 @@ def amulet_name(start: float, end: float) -> str:
     return f"{round(start, 1)}-{round(end, 1)}"
 
 
-def amulet_json(score_records: list[Record]) -> dict[str, Any]:
-    """AMULET's /submit answer: the anomalous rows, or its 'No anomalies detected' entry."""
+def amulet_json(score_records: list[Record], too_short: str | None = None) -> dict[str, Any]:
+    """AMULET's /submit answer: the anomalous rows, or its 'No anomalies detected' entry; for
+    a recording too short to score, no rows, verdict 'too_short' and the reason."""
+    if too_short is not None:
+        return {"Analysis": [], "verdict": "too_short", "error": too_short}
     rows = [
         {"Anomaly": True, "filename": amulet_name(r["start"], r["end"]), "value": r["score"]}
         for r in score_records

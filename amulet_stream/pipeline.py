@@ -1,4 +1,4 @@
-"""One stream, stage by stage: blocks -> resample -> windows -> features -> model -> detector."""
+"""One stream, stage by stage: blocks -> resample -> vectors -> model -> windows -> detector."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import numpy as np
 import numpy.typing as npt
 
 from .detector import Detector, DetectorSettings
+from .frames import VectorStream
 from .model import Model
 from .resample import StreamResampler
 from .sources import Block
-from .windows import Windower
+from .windows import WindowMeans
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class StreamStats:
     anomalous_windows: int = 0
     skipped_windows: int = 0
     """Windows with NaN or infinite samples: not scored."""
+    too_short: bool = False
+    """The stream ended before its first window was complete."""
     anomaly_events: int = 0
     audio_seconds: float = 0.0
     max_score: float = 0.0
@@ -48,6 +51,14 @@ class StreamStats:
     """Seconds each batch took in features + model (drained by the metrics sink)."""
     lags: list[float] = field(default_factory=list)
     """Seconds from the end of each window's audio to its decision (live input only)."""
+
+
+def verdict(stats: StreamStats) -> str:
+    """A file's verdict: 'defect' if an alert was raised, 'too_short' if nothing could be
+    scored, else 'good'."""
+    if stats.anomaly_events:
+        return "defect"
+    return "too_short" if stats.too_short else "good"
 
 
 class StreamPipeline:
@@ -64,32 +75,34 @@ class StreamPipeline:
         settings: DetectorSettings | None = None,
         hop: int | None = None,
     ) -> None:
+        """`hop`: vectors between window starts (default: the profile's serving hop)."""
         self.model = model
-        self.profile = model.profile
+        self.profile = p = model.profile
         self.stream = stream
         self.file = file
-        self.detector = Detector(model.threshold, settings)
-        self.resampler = StreamResampler(source_rate, self.profile.rate)
+        self.hop = hop or p.hop_vectors
+        self.detector = Detector(model.threshold, self.hop * p.step / p.rate, settings)
+        self.resampler = StreamResampler(source_rate, p.rate)
         if not self.resampler.passthrough:
             _LOGGER.info(
-                "%s: resampling %d Hz -> %d Hz for the model",
-                file or stream,
-                source_rate,
-                self.profile.rate,
+                "%s: resampling %d Hz -> %d Hz for the model", file or stream, source_rate, p.rate
             )
-        self.windower = Windower(self.profile, hop)
+        self.vectors = VectorStream(p)
+        self.windows = WindowMeans(p.vectors, self.hop)
         self.stats = StreamStats()
         self._source_rate = source_rate
         self._t0: float | None = None  # capture time of the stream's first sample
 
-    def unit_times(self, start: int) -> tuple[float, float]:
-        """(start, end) in seconds from the stream start of a window starting at sample `start`.
+    def unit_times(self, index: int) -> tuple[float, float]:
+        """(start, end) in seconds from the stream start of window `index`.
 
         For amulet-v1 these are AMULET's row times: row k spans k*2048/sr .. (k+1)*2048/sr."""
         p = self.profile
-        t0 = (start - p.offset) / p.rate if p.name == "amulet-v1" else start / p.rate
-        length = p.hop if p.name == "amulet-v1" else p.window
-        return t0, t0 + length / p.rate
+        first = index * self.hop * p.step
+        if p.name == "amulet-v1":
+            return first / p.rate, (first + p.step) / p.rate
+        start = p.offset + first
+        return start / p.rate, (start + p.span) / p.rate
 
     def feed(self, block: Block) -> list[Record]:
         """Process one source block; return the records it completed."""
@@ -102,40 +115,56 @@ class StreamPipeline:
             rms = float(np.sqrt(np.mean(finite.astype(np.float64) ** 2))) if finite.size else 0.0
             self.stats.level_dbfs = 20.0 * np.log10(max(rms, 1e-6))
             self.stats.clipped += int(np.count_nonzero(np.abs(finite) >= 0.999))
-        windows, starts = self.windower.push(self.resampler.process(block.samples))
-        return self._score(windows, starts)
+        return self._score(self.vectors.push(self.resampler.process(samples)))
 
     def finish(self) -> list[Record]:
-        """End of stream: flush the resampler and the last (padded) windows."""
-        windows, starts = self.windower.push(self.resampler.flush())
-        records = self._score(windows, starts)
-        windows, starts = self.windower.finish()
-        return records + self._score(windows, starts)
+        """End of stream: flush the resampler and the last (padded) frames."""
+        records = self._score(self.vectors.push(self.resampler.flush()))
+        records += self._score(self.vectors.finish())
+        if self.stats.windows + self.stats.skipped_windows == 0:
+            self.stats.too_short = True
+            _LOGGER.warning("%s: %s", self.file or self.stream, self.too_short_message())
+        return records
 
-    def _score(self, windows: F32, starts: npt.NDArray[np.int64]) -> list[Record]:
-        if starts.size == 0:
+    def too_short_message(self) -> str:
+        """Why nothing was scored: the audio's length against one window's."""
+        p = self.profile
+        need = (p.offset + (p.span if not p.pad_tail else p.n_fft // 2)) / p.rate
+        return (
+            f"too short to analyse: {self.stats.audio_seconds:.2f} s of audio, "
+            f"the model needs at least {need:.2f} s"
+        )
+
+    def _score(self, vectors: F32) -> list[Record]:
+        if vectors.shape[0] == 0:
             return []
-        finite = np.isfinite(windows).all(axis=1)
-        if not finite.all():
-            bad = int((~finite).sum())
-            self.stats.skipped_windows += bad
-            _LOGGER.warning(
-                "%s: %d window(s) with NaN/inf samples skipped", self.file or self.stream, bad
-            )
-            windows, starts = windows[finite], starts[finite]
-            if starts.size == 0:
-                return []
         t_batch = time.perf_counter()
-        scores = self.model.score_windows(self.profile.compute(windows))
+        first = self.vectors.vectors - vectors.shape[0]
+        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        if bad.size:
+            vectors = vectors.copy()
+            vectors[bad] = 0.0
+        scores = self.model.score_vectors(vectors, first)
+        scores[bad] = np.nan
+        means, index = self.windows.push(scores)
         self.stats.inference.append(time.perf_counter() - t_batch)
-        if self._t0 is not None:
-            now = time.time()
-            ends = self._t0 + (starts + self.profile.window) / self.profile.rate
-            self.stats.lags.extend(float(x) for x in now - ends)
+        finite = np.isfinite(means)
+        if not finite.all():
+            skipped = int((~finite).sum())
+            self.stats.skipped_windows += skipped
+            _LOGGER.warning(
+                "%s: %d window(s) with NaN/inf samples skipped", self.file or self.stream, skipped
+            )
+        p = self.profile
+        if self._t0 is not None and index.size:
+            ends = self._t0 + (p.offset + index * self.hop * p.step + p.span) / p.rate
+            self.stats.lags.extend(float(x) for x in time.time() - ends[finite])
         records: list[Record] = []
         thr = self.detector.threshold
-        for start, score in zip(starts.tolist(), scores.tolist(), strict=True):
-            t_start, t_end = self.unit_times(start)
+        for i, score, ok in zip(index.tolist(), means.tolist(), finite.tolist(), strict=True):
+            if not ok:
+                continue
+            t_start, t_end = self.unit_times(i)
             flag = self.detector.is_anomalous(score)
             self.stats.windows += 1
             self.stats.anomalous_windows += int(flag)
@@ -151,15 +180,16 @@ class StreamPipeline:
             records.append({"event": "score", **base, "anomaly": flag})
             change = self.detector.update(score)
             if change is not None:
-                end_sample = start + self.profile.window
-                when = None if self._t0 is None else self._t0 + end_sample / self.profile.rate
+                end_sample = p.offset + i * self.hop * p.step + p.span
+                when = None if self._t0 is None else self._t0 + end_sample / p.rate
                 self.stats.anomaly_events += int(change == "anomaly")
                 records.append({"event": change, **base, "time": utc_iso(when)})
         return records
 
     def summary(self, processing_seconds: float) -> Record:
-        """The end-of-replay line for this file."""
+        """The end-of-replay line for this file (with 'problem' when it was too short)."""
         s = self.stats
+        extra = {"problem": self.too_short_message()} if s.too_short else {}
         return {
             "event": "summary",
             "stream": self.stream,
@@ -168,9 +198,10 @@ class StreamPipeline:
             "anomalies": s.anomalous_windows,
             "anomaly_events": s.anomaly_events,
             "skipped_windows": s.skipped_windows,
-            "verdict": "defect" if s.anomaly_events else "good",
+            "verdict": verdict(s),
             "max_score": s.max_score,
             "threshold": self.detector.threshold,
             "audio_seconds": round(s.audio_seconds, 3),
             "processing_seconds": round(processing_seconds, 3),
+            **extra,
         }

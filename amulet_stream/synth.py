@@ -1,4 +1,8 @@
-"""Deterministic generator of electric-motor sound, healthy or with a fault, for demos and tests."""
+"""Deterministic generator of electric-motor sound, healthy or with a fault, for demos and tests.
+
+One generator for everything: the demo, the tests, the shipped model's training audio and the
+fault corpus of the evaluation. The healthy sound and the 'bearing' and 'imbalance' faults are
+frozen (same arguments, same bits); the other kinds live in synth_faults.py."""
 
 from __future__ import annotations
 
@@ -9,13 +13,36 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import butter, lfilter, lfilter_zi
 
+from . import synth_faults
 from .resample import StreamResampler
+from .synth_faults import Run
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
+Gain = F64 | float
 
-FAULTS = ("bearing", "imbalance")
+FAULTS = (
+    "bearing",
+    "imbalance",
+    "stop",
+    "bearing_inner",
+    "looseness",
+    "whine",
+    "rubbing",
+    "electrical",
+)
+"""Faults, a detector should alarm: outer-race bearing impacts (3.58 x rotation, ringing at
+3.2 kHz); imbalance (1x, 2x raised); stop (run-down, restart); inner-race impacts (5.42 x
+rotation, load-zone modulated once per turn); looseness (orders 0.5x..20x); whine (a tone at
+1.5..4.5 kHz); rubbing (broadband bursts once per turn); electrical (2x-supply hum raised,
+sidebands at +-2x supply)."""
+BENIGN = ("speed_change", "level_change", "background")
+"""No fault, a detector should stay quiet: speed up or down by 3 % x severity and back; gain
++-6 dB x severity (a moved microphone); a low rumble passing by and a distant machine."""
+KINDS = FAULTS + BENIGN
 MASTER_RATE = 48000
+NOMINAL_LOAD = 0.75
+"""The load at which the motor sounds exactly like the frozen healthy sound."""
 
 
 @dataclass(frozen=True)
@@ -31,11 +58,21 @@ class Motor:
     rotation: float = 0.04
     phase_seed: int = 7
     """Fixes the phases of the motor's tones relative to each other."""
+    load: float = NOMINAL_LOAD
+    """Fraction of rated load, 0..1: more load, louder slot tones and a little more hum."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.load <= 1.0:
+            raise ValueError(f"load {self.load} must be within 0..1 (fraction of rated load)")
+        if self.rpm <= 0 or self.supply_hz <= 0:
+            raise ValueError(f"rpm {self.rpm} and supply_hz {self.supply_hz} must be positive")
 
 
 @dataclass(frozen=True)
 class Fault:
-    """A fault present from `start` to `end` seconds; severity 0..1."""
+    """A fault (or, for a kind in BENIGN, a harmless event) from `start` to `end` seconds.
+
+    `severity` 0..1: about 0.2 is mild (subtle), 0.5 moderate, 1 severe."""
 
     kind: str
     start: float
@@ -43,29 +80,70 @@ class Fault:
     severity: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.kind not in FAULTS:
-            raise ValueError(f"unknown fault {self.kind!r} (known: {', '.join(FAULTS)})")
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown fault {self.kind!r} (known: {', '.join(KINDS)})")
+        if not 0.0 <= self.severity <= 1.0:
+            raise ValueError(f"severity {self.severity} must be within 0..1")
+        if not 0.0 <= self.start < self.end:
+            raise ValueError(f"fault interval {self.start}..{self.end} s is empty or negative")
+
+    @property
+    def is_fault(self) -> bool:
+        """False for the benign kinds."""
+        return self.kind in FAULTS
 
 
-def _tones(t: F64, motor: Motor, phases: F64, fault: Fault | None, in_fault: F64) -> F64:
+def _load_gains(load: float) -> tuple[float, float]:
+    """Level factors of the 2x-supply hum and of the slot tones at `load` (1.0 at nominal)."""
+    return 1.0 + 0.3 * (load - NOMINAL_LOAD), 1.0 + 0.8 * (load - NOMINAL_LOAD)
+
+
+def _wave(w: float, t: F64, phase: float, shaft_w: float, run: Run | None, gain: Gain) -> F64:
+    """gain x sin(w t + phase) of a component whose shaft-locked part turns at `shaft_w` rad/s.
+
+    During a speed event the shaft lags by run.lag seconds, which bends its frequency.
+    Computed in place: the generator's speed is mostly this function."""
+    arg = w * t
+    arg += phase
+    if run is not None and shaft_w:
+        arg -= shaft_w * run.lag
+    np.sin(arg, out=arg)
+    arg *= gain
+    return arg
+
+
+def _tones(
+    t: F64, motor: Motor, phases: F64, fault: Fault | None, in_fault: F64, run: Run | None = None
+) -> F64:
+    """Rotation harmonics, supply hum, slot and fan tones at times `t` (s), float64."""
     fr = motor.rpm / 60.0
+    mech: Gain = 1.0 if run is None else run.mech
+    elec: Gain = 1.0 if run is None else run.elec
+    hum_gain, slot_gain = _load_gains(motor.load)
     out = np.zeros_like(t)
     for k in range(1, 9):
-        amp = np.full_like(t, motor.rotation / k)
+        amp: Gain = motor.rotation / k
         if fault is not None and fault.kind == "imbalance" and k <= 2:
+            amp = np.full_like(t, amp)
             amp *= 1.0 + 6.0 * fault.severity * in_fault / k
-        out += amp * np.sin(2 * np.pi * k * fr * t + phases[k])
+        w = 2 * np.pi * k * fr
+        out += _wave(w, t, phases[k], w, run, amp if run is None else amp * mech)
     two_f = 2.0 * motor.supply_hz
-    out += motor.hum * np.sin(2 * np.pi * two_f * t + phases[9])
-    out += 0.4 * motor.hum * np.sin(2 * np.pi * motor.supply_hz * t + phases[10])
-    out += 0.3 * motor.hum * np.sin(2 * np.pi * 3 * two_f * t + phases[11])
+    hum = motor.hum * hum_gain * elec
+    out += _wave(2 * np.pi * two_f, t, phases[9], 0.0, run, hum)
+    out += _wave(2 * np.pi * motor.supply_hz, t, phases[10], 0.0, run, 0.4 * hum)
+    out += _wave(2 * np.pi * 3 * two_f, t, phases[11], 0.0, run, 0.3 * hum)
     slot = motor.slots * fr
     for j, f in enumerate((slot - two_f, slot, slot + two_f)):
-        out += 0.02 * (0.5 if j != 1 else 1.0) * np.sin(2 * np.pi * f * t + phases[12 + j])
-    out += 0.015 * np.sin(2 * np.pi * motor.fan_blades * fr * t + phases[15])
+        amp_s = 0.02 * (0.5 if j != 1 else 1.0) * slot_gain * elec
+        out += _wave(2 * np.pi * f, t, phases[12 + j], 2 * np.pi * slot, run, amp_s)
+    w_fan = 2 * np.pi * motor.fan_blades * fr
+    out += _wave(w_fan, t, phases[15], w_fan, run, 0.015 * mech)
     # slight amplitude modulation at the rotation rate
-    modulated: F64 = out * (1.0 + 0.05 * np.sin(2 * np.pi * fr * t + phases[16]))
-    return modulated
+    am = _wave(2 * np.pi * fr, t, phases[16], 2 * np.pi * fr, run, 0.05)
+    am += 1.0
+    out *= am
+    return out
 
 
 def _bearing(t: F64, rate: int, motor: Motor, fault: Fault, rng: np.random.Generator) -> F64:
@@ -95,7 +173,8 @@ def generate_blocks(
 ) -> Iterator[F32]:
     """Yield float32 mono blocks of motor sound at `rate`; same arguments, same samples.
 
-    The sound is made at 48 kHz and resampled, so its spectrum does not depend on `rate`."""
+    The sound is made at 48 kHz in one-second blocks and resampled, so its spectrum does not
+    depend on `rate` and memory stays bounded however long the recording."""
     resampler = StreamResampler(MASTER_RATE, rate)
     for block in _master_blocks(seconds, seed, motor or Motor(), fault):
         out = resampler.process(block)
@@ -115,6 +194,10 @@ def _master_blocks(seconds: float, seed: int, motor: Motor, fault: Fault | None)
     t0 = float(np.random.default_rng([seed, 1 << 20]).uniform(0.0, 3600.0))
     b, a = butter(2, [40.0 / (rate / 2), min(0.95, 6000.0 / (rate / 2))], btype="band")
     zi = lfilter_zi(b, a) * 0.0
+    # the newer kinds: their own random streams, so the frozen sound is left untouched
+    effect = None
+    if fault is not None and fault.kind not in ("bearing", "imbalance"):
+        effect = synth_faults.Effect(fault, motor, _scene(motor, rate, t0, phases), seed)
     total = round(seconds * rate)
     for index, start in enumerate(range(0, total, rate)):
         n = min(rate, total - start)
@@ -125,10 +208,31 @@ def _master_blocks(seconds: float, seed: int, motor: Motor, fault: Fault | None)
         if fault is not None:
             in_fault = ((t_rec >= fault.start) & (t_rec < fault.end)).astype(np.float64)
         noise, zi = lfilter(b, a, rng.standard_normal(n), zi=zi)
-        block = _tones(t, motor, phases, fault, in_fault) + motor.noise_rms * 5.0 * noise
+        run = None if effect is None else effect.run(t_rec)
+        broadband = motor.noise_rms * 5.0 * noise
+        if run is not None:
+            broadband = broadband * run.noise
+        block = _tones(t, motor, phases, fault, in_fault, run) + broadband
         if fault is not None and fault.kind == "bearing" and in_fault.any():
             block += _bearing(t, rate, motor, fault, rng) * in_fault
+        if effect is not None:
+            block = effect.apply(block, start, t_rec)
         yield block.astype(np.float32)
+
+
+def _scene(motor: Motor, rate: int, t0: float, phases: F64) -> synth_faults.Scene:
+    """What the newer kinds' sound is made relative to in generated sound."""
+    floor = motor.noise_rms * 5.0 * np.sqrt(50.0 / (MASTER_RATE / 2))  # white noise, then band
+    return synth_faults.Scene(
+        rate=rate,
+        t_start=t0,
+        shaft_hz=motor.rpm / 60.0,
+        supply_hz=motor.supply_hz,
+        slots=motor.slots,
+        ref=lambda lo, hi: float(floor),
+        hum=motor.hum * _load_gains(motor.load)[0],
+        hum_phase=float(phases[9]),
+    )
 
 
 def generate(
@@ -140,3 +244,20 @@ def generate(
 ) -> F32:
     """The whole signal of generate_blocks as one float32 array."""
     return np.concatenate(list(generate_blocks(seconds, rate, seed, motor, fault)))
+
+
+def inject(
+    samples: F32,
+    rate: int,
+    fault: Fault,
+    seed: int = 0,
+    shaft_hz: float = 24.5,
+    supply_hz: float = 50.0,
+) -> F32:
+    """A copy of a real recording (float32 mono at `rate` Hz) with `fault` in it, levels relative
+    to its own; outside the fault's interval the samples are unchanged.
+
+    `shaft_hz` and `supply_hz`: the rotation and supply frequencies assumed for the recorded
+    motor. Every kind but 'imbalance' and 'speed_change' (ValueError), which would need the
+    recording's own rotation tones."""
+    return synth_faults.inject(samples, rate, fault, seed, shaft_hz, supply_hz)

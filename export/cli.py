@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
@@ -14,7 +15,7 @@ _CONSOLE = "amulet-export-console"
 
 def _parser() -> argparse.ArgumentParser:
     from amulet_stream.features import DEFAULT_PROFILE, PROFILES
-    from amulet_stream.synth import FAULTS
+    from amulet_stream.synth import BENIGN, FAULTS, KINDS
 
     p = argparse.ArgumentParser(prog="amulet-export", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -35,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=sorted(PROFILES),
         default=DEFAULT_PROFILE,
         help=f"feature profile (default: {DEFAULT_PROFILE})",
+    )
+    t.add_argument(
+        "--architecture",
+        choices=["dense", "lstm", "lstm-frames", "pca", "mahalanobis"],
+        help="the model: Keras autoencoders (dense, lstm: AMULET's, lstm-frames: over a "
+        "vector's frames) or closed-form (pca, mahalanobis) (default: lstm for amulet-v1, "
+        "dense otherwise)",
     )
     t.add_argument("--epochs", type=int, default=20, help="training epochs (default: 20)")
     t.add_argument("--batch-size", "--batch_size", type=int, default=32)
@@ -67,6 +75,39 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scaler", type=Path, help="default: DIR/scaler")
     s.add_argument("--threshold", type=Path, help="default: DIR/anomaly_threshold")
 
+    e = sub.add_parser(
+        "evaluate",
+        help="train candidate models on a generated fault corpus; hits, false alarms, delays",
+    )
+    e.add_argument(
+        "--size",
+        choices=["small", "full"],
+        default="small",
+        help="corpus size: small (a few minutes, as CI runs it) or full",
+    )
+    e.add_argument(
+        "--out", type=Path, default=Path("evaluation"), help="results folder (./evaluation)"
+    )
+    e.add_argument("--work", type=Path, help="where the corpus wavs go (default: a temp dir)")
+    e.add_argument(
+        "--candidates",
+        help="comma-separated subset of: amulet-lstm, dense-ae, pca, mahalanobis, "
+        "lstm-frames, dcgan, dcgan-discriminator (default: all)",
+    )
+    e.add_argument("--epochs", type=int, default=20, help="epochs for Keras candidates (20)")
+    e.add_argument(
+        "--normal-hours",
+        type=float,
+        help="hours of generated normal audio for false alarms per 24 h "
+        "(default: 24 for full, 0.1 for small)",
+    )
+    e.add_argument(
+        "--real",
+        type=Path,
+        help="a healthy real recording: also evaluate on faults injected into it "
+        "(trained on its first part)",
+    )
+
     v = sub.add_parser("verify", help="check a model file; exit 0 if complete and working")
     v.add_argument("model", type=Path)
 
@@ -75,10 +116,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seconds", type=float, default=60.0)
     g.add_argument("--rate", type=int, default=16000)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--fault", choices=FAULTS)
+    g.add_argument(
+        "--fault",
+        choices=KINDS,
+        metavar="KIND",
+        help=f"a fault ({', '.join(FAULTS)}) or a benign event ({', '.join(BENIGN)})",
+    )
     g.add_argument("--fault-start", type=float, default=0.0, help="seconds")
     g.add_argument("--fault-end", type=float, help="seconds (default: the end)")
     g.add_argument("--severity", type=float, default=0.5, help="0..1 (default 0.5)")
+    g.add_argument("--rpm", type=float, default=1470.0, help="motor speed (default 1470)")
+    g.add_argument("--load", type=float, default=0.75, help="fraction of rated load (0.75)")
     return p
 
 
@@ -87,11 +135,12 @@ def _setup_logging(silent: bool) -> None:
     root.setLevel(logging.INFO)
     for old in [h for h in root.handlers if h.get_name() == _CONSOLE]:
         root.removeHandler(old)
-    if not silent:
-        h = logging.StreamHandler(sys.stderr)
-        h.set_name(_CONSOLE)
-        h.setFormatter(logging.Formatter("amulet-export: %(message)s"))
-        root.addHandler(h)
+    h = logging.StreamHandler(sys.stderr)
+    h.set_name(_CONSOLE)
+    h.setFormatter(logging.Formatter("amulet-export: %(message)s"))
+    if silent:  # errors only (and no bare lines from logging's last-resort handler)
+        h.setLevel(logging.ERROR)
+    root.addHandler(h)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for noisy in ("tensorflow", "tf2onnx", "absl", "h5py", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -102,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(getattr(args, "silent", False))
     from .errors import InputError, ParityError
+    from .tfimport import MissingExtraError
 
     try:
         if args.command == "verify":
@@ -112,10 +162,12 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK if ok else EXIT_FAIL
         if args.command == "synth":
             return _synth(args)
+        if args.command == "evaluate":
+            return _evaluate(args, argv)
         if args.command == "import-seed":
             return _import_seed(args)
         return _train(args)
-    except InputError as err:
+    except (InputError, MissingExtraError) as err:
         print(f"amulet-export: error: {err}", file=sys.stderr)
         return EXIT_INPUT
     except ParityError as err:
@@ -129,6 +181,7 @@ def _train(args: argparse.Namespace) -> int:
     from . import outdir
     from .dataset import list_inputs, load
     from .errors import InputError
+    from .tfimport import train_extra
 
     if args.epochs < 1 or args.batch_size < 1:
         raise InputError("--epochs and --batch-size must be at least 1")
@@ -139,7 +192,8 @@ def _train(args: argparse.Namespace) -> int:
     outdir.stage(args.output_dir).rmdir()
     # read and check all audio before TensorFlow is even imported: bad input fails fast
     data = load(inputs, PROFILES[args.profile], args.channel)
-    from .train import TrainConfig, train
+    with train_extra("training"):
+        from .train import TrainConfig, train
 
     cfg = TrainConfig(
         inputs=inputs,
@@ -152,15 +206,80 @@ def _train(args: argparse.Namespace) -> int:
         threshold_method=args.threshold_method,
         quantile=args.threshold_quantile,
         seed=args.seed,
+        architecture=args.architecture,
     )
     path = train(cfg, data)
     print(path)
     return EXIT_OK
 
 
+def _evaluate(args: argparse.Namespace, argv: list[str] | None) -> int:
+    import tempfile
+
+    from . import corpus, evaluate, evaluate_report
+    from .errors import InputError
+
+    trainers = {c.name: (c.name, evaluate.train_candidate(c, args.epochs), c.note)
+                for c in evaluate.CANDIDATES}
+    for rule, note in (("amulet", "AMULET's rule: pixel difference"), ("discriminator", "1 - D")):
+        name = "dcgan" if rule == "amulet" else f"dcgan-{rule}"
+        trainers[name] = (name, _dcgan_trainer(rule), f"AMULET's DCGAN on MFCC images, {note}")
+    names = args.candidates.split(",") if args.candidates else list(trainers)
+    unknown = [n for n in names if n not in trainers]
+    if unknown:
+        known = ", ".join(trainers)
+        raise InputError(f"--candidates: unknown {', '.join(unknown)} (known: {known})")
+    if args.epochs < 1:
+        raise InputError("--epochs must be at least 1")
+    hours = args.normal_hours
+    if hours is None:
+        hours = 24.0 if args.size == "full" else 0.1
+    if hours < 0:
+        raise InputError("--normal-hours must not be negative")
+    if args.real is not None and not args.real.is_file():
+        raise InputError(f"--real {args.real}: no such file")
+    command = "amulet-export " + " ".join(sys.argv[1:] if argv is None else argv)
+    chosen = [trainers[n] for n in names]
+    from .tfimport import train_extra
+
+    with train_extra("evaluation"):  # every candidate is trained: fail now, not after the corpus
+        from . import dcgan, train  # noqa: F401
+    with tempfile.TemporaryDirectory(prefix="amulet-eval-") as tmp:
+        work = args.work or Path(tmp)
+        corp = corpus.synthetic_corpus(work / "synthetic", args.size)
+        results = evaluate.run(corp, args.out, hours, chosen)
+        doc = evaluate_report.write(results, corp, args.out, hours, command)
+        if args.real is not None:
+            real = corpus.real_corpus(args.real, work / "real")
+            res = evaluate.run(real, work / "real-out", 0.0, chosen)
+            evaluate_report.write(res, real, args.out / "real", 0.0, command)
+    for name, c in doc["candidates"].items():
+        print(
+            f"{name}: {c['hits']}/{c['faults']} faults alerted, median delay "
+            f"{c['median_delay_s']} s, {c['false_alarms_per_24h']} false alarms / 24 h"
+        )
+    print(args.out / "evaluation.md")
+    return EXIT_OK
+
+
+def _dcgan_trainer(rule: str) -> Callable[[list[Path], Path], Path]:
+    """Trains AMULET's DCGAN (its own epoch budget, dcgan.DEFAULT_EPOCHS) with a scoring rule."""
+
+    def run(wavs: list[Path], out: Path) -> Path:
+        from .dcgan import train_dcgan
+
+        path: Path = train_dcgan(wavs, out, rule=rule)
+        return path
+
+    return run
+
+
 def _import_seed(args: argparse.Namespace) -> int:
     from .errors import InputError
-    from .seed import import_seed
+    from .tfimport import train_extra
+
+    with train_extra("import-seed"):
+        from .seed import import_seed
 
     base: Path | None = args.dir
     if base is None and not (args.h5 and args.scaler and args.threshold):
@@ -180,7 +299,7 @@ def _import_seed(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from amulet_stream.synth import Fault, generate
+    from amulet_stream.synth import Fault, Motor, generate
     from amulet_stream.wav import write_wav
 
     from .errors import InputError
@@ -188,9 +307,14 @@ def _synth(args: argparse.Namespace) -> int:
     if args.seconds <= 0 or args.rate < 8000:
         raise InputError("--seconds must be positive and --rate at least 8000")
     fault = None
-    if args.fault:
-        fault = Fault(args.fault, args.fault_start, args.fault_end or args.seconds, args.severity)
-    samples = generate(args.seconds, args.rate, args.seed, fault=fault)
+    try:
+        motor = Motor(rpm=args.rpm, load=args.load)
+        if args.fault:
+            end = args.fault_end or args.seconds
+            fault = Fault(args.fault, args.fault_start, end, args.severity)
+    except ValueError as err:
+        raise InputError(str(err)) from err
+    samples = generate(args.seconds, args.rate, args.seed, motor, fault)
     try:
         write_wav(args.output, samples, args.rate)
     except OSError as err:

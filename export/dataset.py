@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from amulet_stream.features import Profile, window_starts
+from amulet_stream.features import Profile
+from amulet_stream.frames import VectorStream
 from amulet_stream.sources import iter_mono
 from amulet_stream.wav import WavError, WavInfo, read_info
-from amulet_stream.windows import Windower
 
 from .errors import InputError
 
@@ -23,24 +23,26 @@ _LOGGER = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 MIN_WINDOWS = 3
+"""Training is refused below this many windows of audio."""
+RECOMMENDED_SECONDS = 60.0
+"""Below this much audio, training warns that the model will know too little."""
 SILENCE = 1e-6
 
 
 @dataclass
 class Dataset:
-    """Feature vectors of all input files, window by window."""
+    """Feature vectors of all input files, each vector of each file once, in order."""
 
-    features: F32
-    """Shape (N, V, D): N windows of V vectors of D features."""
-    starts: I64
-    """Start sample (at the profile's rate) of each window in its file."""
+    vectors: F32
+    """Shape (N, D): every vector on each file's grid."""
+    index: I64
+    """Index of each vector in its file (vector i starts at offset + i*step)."""
     file_index: I64
-    lengths: I64
-    """Samples (at the profile's rate) of each file."""
+    counts: I64
+    """Vectors of each file."""
     files: list[dict[str, object]] = field(default_factory=list)
     fingerprint: str = ""
     seconds: float = 0.0
-    hop: int = 0
 
 
 def list_inputs(input_file: Path | None, input_dir: Path | None) -> list[Path]:
@@ -56,17 +58,12 @@ def list_inputs(input_file: Path | None, input_dir: Path | None) -> list[Path]:
     return paths
 
 
-def training_hop(profile: Profile, total_samples: int) -> int:
-    """Window hop for training: overlapping windows for short input, about 400 windows or more."""
-    hop = (total_samples // 400) // profile.frame_hop * profile.frame_hop
-    return int(min(profile.window, max(profile.frame_hop, hop)))
-
-
-def stream_windows(
-    info: WavInfo, profile: Profile, hop: int, channel: int | None, digest: object = None
-) -> Iterator[tuple[F32, I64]]:
-    """Windows (n, window) and starts of one file; raises InputError on NaN/inf or silence."""
-    windower = Windower(profile, hop)
+def file_vectors(
+    info: WavInfo, profile: Profile, channel: int | None, digest: object = None
+) -> Iterator[F32]:
+    """Vectors (M, D) of one file as they are computed; raises InputError on NaN/inf or
+    silence."""
+    stream = VectorStream(profile)
     peak = 0.0
     try:
         for block in iter_mono(info, profile.rate, channel):
@@ -75,18 +72,23 @@ def stream_windows(
             peak = max(peak, float(np.abs(block).max()))
             if digest is not None:
                 digest.update(block.tobytes())  # type: ignore[attr-defined]
-            windows, starts = windower.push(block)
-            if starts.size:
-                yield windows, starts
+            vectors = stream.push(block)
+            if vectors.size:
+                yield vectors
     except WavError as err:
         raise InputError(str(err)) from err
     except ValueError as err:
         raise InputError(f"{info.path}: {err}") from err
     if peak < SILENCE:
         raise InputError(f"{info.path}: audio is silent (peak {peak:.1e})")
-    windows, starts = windower.finish()
-    if starts.size:
-        yield windows, starts
+    vectors = stream.finish()
+    if vectors.size:
+        yield vectors
+
+
+def windows_of(profile: Profile, seconds: float) -> int:
+    """Whole windows of the profile in `seconds` of audio, at one window per window length."""
+    return int(seconds * profile.rate // (profile.offset + profile.span))
 
 
 def load(paths: list[Path], profile: Profile, channel: int | None = None) -> Dataset:
@@ -97,33 +99,30 @@ def load(paths: list[Path], profile: Profile, channel: int | None = None) -> Dat
             infos.append(read_info(path))
         except WavError as err:
             raise InputError(str(err)) from err
-    total_at_rate = sum(int(i.frames * profile.rate / i.rate) for i in infos)
-    serving_windows = sum(
-        window_starts(profile, int(i.frames * profile.rate / i.rate)).size for i in infos
-    )
     seconds = sum(i.duration for i in infos)
-    if serving_windows < MIN_WINDOWS:
+    need = MIN_WINDOWS * (profile.offset + profile.span) / profile.rate
+    if seconds < need:
         where = paths[0] if len(paths) == 1 else paths[0].parent
         raise InputError(
-            f"{where}: audio too short: {seconds:.2f} s gives {serving_windows} windows of "
-            f"{profile.window / profile.rate:.3f} s, training needs at least {MIN_WINDOWS}"
+            f"{where}: audio too short: {seconds:.2f} s; profile {profile.name} needs at least "
+            f"{need:.1f} s to train ({MIN_WINDOWS} windows) and {RECOMMENDED_SECONDS:.0f} s "
+            "or more of healthy audio for a model to trust"
         )
-    hop = training_hop(profile, total_at_rate)
     digest = hashlib.sha256(profile.name.encode())
-    feats: list[F32] = []
-    starts_all: list[I64] = []
+    parts: list[F32] = []
     index: list[I64] = []
+    counts: list[int] = []
     files: list[dict[str, object]] = []
-    lengths: list[int] = []
-    for k, info in enumerate(infos):
+    for info in infos:
         _LOGGER.info(
             "reading %s (%.1f s, %d Hz, %d ch)", info.path, info.duration, info.rate, info.channels
         )
-        for windows, starts in stream_windows(info, profile, hop, channel, digest):
-            feats.append(profile.compute(windows))
-            starts_all.append(starts)
-            index.append(np.full(starts.size, k, np.int64))
-        lengths.append(int(info.frames * profile.rate / info.rate))
+        n = 0
+        for vectors in file_vectors(info, profile, channel, digest):
+            parts.append(vectors)
+            n += vectors.shape[0]
+        index.append(np.arange(n, dtype=np.int64))
+        counts.append(n)
         files.append(
             {
                 "name": info.path.name,
@@ -133,12 +132,11 @@ def load(paths: list[Path], profile: Profile, channel: int | None = None) -> Dat
             }
         )
     return Dataset(
-        features=np.concatenate(feats),
-        starts=np.concatenate(starts_all),
-        file_index=np.concatenate(index),
-        lengths=np.asarray(lengths, np.int64),
+        vectors=np.concatenate(parts),
+        index=np.concatenate(index),
+        file_index=np.repeat(np.arange(len(infos), dtype=np.int64), counts),
+        counts=np.asarray(counts, np.int64),
         files=files,
         fingerprint="sha256:" + digest.hexdigest(),
         seconds=seconds,
-        hop=hop,
     )

@@ -35,9 +35,25 @@ def dense_ae(dim: int, widths: tuple[int, ...] = (128, 64, 16, 64, 128)) -> kera
     return keras.Model(inp, keras.layers.Dense(dim)(x), name="dense_ae")
 
 
-def core_for(profile_name: str, dim: int) -> keras.Model:
-    """The autoencoder architecture a profile trains."""
-    return amulet_lstm(dim) if profile_name == "amulet-v1" else dense_ae(dim)
+def lstm_frames(dim: int, stack: int, units: int = 64) -> keras.Model:
+    """LSTM autoencoder over a vector's `stack` frames: (N, D) -> (N, D) reconstruction."""
+    per = dim // stack
+    inp = keras.Input((dim,))
+    x = keras.layers.Reshape((stack, per))(inp)
+    x = keras.layers.LSTM(units)(x)
+    x = keras.layers.RepeatVector(stack)(x)
+    x = keras.layers.LSTM(units, return_sequences=True)(x)
+    x = keras.layers.TimeDistributed(keras.layers.Dense(per))(x)
+    return keras.Model(inp, keras.layers.Reshape((dim,))(x), name="lstm_frames")
+
+
+def core_for(architecture: str, dim: int, stack: int) -> keras.Model:
+    """The Keras autoencoder of an architecture name."""
+    if architecture == "lstm":
+        return amulet_lstm(dim)
+    if architecture == "lstm-frames":
+        return lstm_frames(dim, stack)
+    return dense_ae(dim)
 
 
 class Affine(keras.layers.Layer):  # type: ignore[misc]

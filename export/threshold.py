@@ -30,21 +30,23 @@ def distribution(scores: F32) -> dict[str, float | int]:
 
 
 def choose(
-    method: str, held_out: F32, all_scores: F32, quantile: float
+    method: str, held_out: F32, training: F32, quantile: float, over: str = "held-out windows"
 ) -> tuple[float, dict[str, Any]]:
-    """Threshold and how it was chosen.
+    """Threshold and how it was chosen, from normal window scores.
 
     max: AMULET's rule, the largest normal window score (rounded up to 4 places).
-    gamma: the `quantile` point of a gamma distribution fitted to held-out window scores.
+    gamma: the `quantile` point of a gamma distribution fitted to held-out window scores
+    (`over` says which: held-out or out-of-fold windows; training and held-out windows
+    together when fewer than 10 are given).
     """
     if method == "max":
-        value = math.ceil(float(all_scores.max()) * 1e4) / 1e4
-        return value, {"method": "max", "over": "all training windows", "rounded": "up, 4 places"}
+        value = math.ceil(float(np.concatenate([training, held_out]).max()) * 1e4) / 1e4
+        return value, {"method": "max", "over": "all windows", "rounded": "up, 4 places"}
     if method != "gamma":
         raise ValueError(f"unknown threshold method {method!r} (known: {', '.join(METHODS)})")
-    sample, over = held_out, "held-out windows"
+    sample = held_out
     if sample.size < MIN_FIT:
-        sample, over = all_scores, "all windows (fewer than 10 held out)"
+        sample, over = np.concatenate([training, held_out]), "training and held-out windows"
     shape, loc, scale = stats.gamma.fit(sample.astype(np.float64), floc=0.0)
     value = float(stats.gamma.ppf(quantile, shape, loc=loc, scale=scale))
     return value, {
@@ -55,3 +57,19 @@ def choose(
         "shape": float(shape),
         "scale": float(scale),
     }
+
+
+def describe(how: dict[str, Any]) -> str:
+    """The threshold choice in words, for the log."""
+    if how["method"] == "max":
+        return f"the largest score of {how['over']} (AMULET's rule), rounded up to 4 places"
+    text = (
+        f"the {how['quantile']:g} point of a gamma distribution fitted to "
+        f"{how['fitted_on']} {how['over']}"
+    )
+    if how["over"] == "training and held-out windows":
+        text += (
+            f" (fewer than {MIN_FIT} windows were held out, so training windows, which "
+            "score lower than unseen audio, were used too: expect more false alarms)"
+        )
+    return text

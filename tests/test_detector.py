@@ -1,4 +1,4 @@
-"""Detector: AMULET's sensitivity, k-of-n trigger, hysteresis back to normal."""
+"""Detector: AMULET's sensitivity, alert on what lasts (seconds), hysteresis back to normal."""
 
 from __future__ import annotations
 
@@ -13,20 +13,40 @@ def test_sensitivity_moves_threshold_30_percent_per_step() -> None:
     assert effective_threshold(1.0, 5) == pytest.approx(1.9)
 
 
-def test_k_of_n_trigger_and_hysteresis() -> None:
-    det = Detector(1.0, DetectorSettings(k=3, n=5, clear=2, clear_ratio=0.8))
-    seq = [2.0, 0.5, 2.0, 0.5, 0.5]  # 2 of 5 above: stays normal
+def test_seconds_above_within_lookback_and_hysteresis() -> None:
+    # windows every 0.25 s: alert on 0.75 s (3 windows) above within 1.25 s (5 windows)
+    settings = DetectorSettings(
+        alert_seconds=0.75, within_seconds=1.25, clear_seconds=0.5, clear_ratio=0.8
+    )
+    det = Detector(1.0, 0.25, settings)
+    seq = [2.0, 0.5, 2.0, 0.5, 0.5]  # 0.5 s above in 1.25 s: stays normal
     assert [det.update(s) for s in seq] == [None] * 5
-    assert det.update(2.0) is None  # window: 0.5 2.0 0.5 0.5 2.0 -> still 2 of 5
-    assert det.update(2.0) == "anomaly"  # 3 of the last 5
+    assert det.update(2.0) is None  # 0.5 2.0 0.5 0.5 2.0 -> still 0.5 s
+    assert det.update(2.0) == "anomaly"  # 0.75 s of the last 1.25 s
     assert det.update(0.9) is None  # below threshold but above 0.8 x threshold: not calm
-    assert det.update(0.7) is None  # calm 1
-    assert det.update(0.7) == "normal"  # calm 2
+    assert det.update(0.7) is None  # calm 0.25 s
+    assert det.update(0.7) == "normal"  # calm 0.5 s
     assert det.state == "normal"
 
 
+def test_same_seconds_at_another_hop() -> None:
+    # the same rule at a 0.5 s hop: 2 windows above within 3 alert; a single one does not
+    settings = DetectorSettings(alert_seconds=1.0, within_seconds=1.5, clear_seconds=1.0)
+    det = Detector(1.0, 0.5, settings)
+    assert [det.update(s) for s in (2.0, 0.5, 0.5, 2.0, 0.5, 2.0)] == [None] * 5 + ["anomaly"]
+
+
+def test_a_short_burst_alerts_with_the_defaults() -> None:
+    # 0.5 s above threshold at a 0.256 s hop (2 windows) is enough; 1 window is not
+    det = Detector(1.0, 0.256)
+    assert [det.update(s) for s in (0.5, 2.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5)] == [None] * 9
+    assert [det.update(s) for s in (2.0, 2.0)] == [None, "anomaly"]
+
+
 def test_bad_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="k-of-n"):
-        DetectorSettings(k=6, n=5)
+    with pytest.raises(ValueError, match="alert_seconds <= within_seconds"):
+        DetectorSettings(alert_seconds=3, within_seconds=2)
+    with pytest.raises(ValueError, match="clear_seconds"):
+        DetectorSettings(clear_seconds=0)
     with pytest.raises(ValueError, match="sensitivity"):
         DetectorSettings(sensitivity=0)

@@ -161,6 +161,11 @@ def test_submit_answers_like_replay_amulet_json(monitor, audio: tuple[Path, byte
     assert status == 400 and "not a wav file" in err["error"]
     status, err = _post(port, b"raw", "application/octet-stream")
     assert status == 415
+    short = wav.parent / "short.wav"
+    write_wav(short, generate(0.5, RATE, seed=1), RATE)
+    status, err = _post(port, *_multipart("data_file", "short.wav", short.read_bytes()))
+    assert status == 422 and err["verdict"] == "too_short" and err["Analysis"] == []
+    assert "too short" in err["error"] and "0.50 s" in err["error"]
 
 
 def test_submit_size_limit(tmp_path: Path, audio: tuple[Path, bytes]) -> None:

@@ -22,12 +22,13 @@ def test_runtime_loads_and_scores_without_tensorflow_or_pickle() -> None:
         "import numpy as np\n"
         "from amulet_stream.model import Model\n"
         f"m = Model(Path({str(ROOT / 'models' / 'default.onnx')!r}))\n"
-        "w = np.random.default_rng(0).standard_normal((2, m.profile.window)).astype('float32')\n"
-        "print(m.score_windows(m.profile.compute(w)).shape)\n"
+        "from amulet_stream.frames import VectorStream\n"
+        "x = np.random.default_rng(0).standard_normal(32000).astype('float32')\n"
+        "print(m.score_vectors(VectorStream(m.profile).push(x)).shape)\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in "
         "('tensorflow', 'keras', 'tf2onnx', 'joblib', 'h5py', 'onnx')]\n"
         "assert not bad, bad\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip() == "(2,)"
+    assert proc.stdout.strip() == "(57,)"  # 61 frames of 1024 every 512 samples, 5 per vector

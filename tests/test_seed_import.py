@@ -14,9 +14,9 @@ import pytest
 
 from amulet_export.cli import main
 from amulet_stream.model import Model
-from amulet_stream.sources import iter_mono
+from amulet_stream.pipeline import StreamPipeline
+from amulet_stream.sources import FileSource
 from amulet_stream.wav import read_info
-from amulet_stream.windows import Windower
 
 BIN = Path(sys.executable).parent
 
@@ -36,18 +36,13 @@ def seed_model(seed_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def _replay_rows(model: Model, wav: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and starts of every AMULET row, fed block by block like a live stream."""
-    profile = model.profile
-    windower = Windower(profile)
-    scores, starts = [], []
-    for block in iter_mono(read_info(wav), profile.rate):
-        w, s = windower.push(block)
-        scores.append(model.score_windows(profile.compute(w)))
-        starts.append(s)
-    w, s = windower.finish()
-    scores.append(model.score_windows(profile.compute(w)))
-    starts.append(s)
-    return np.concatenate(scores), np.concatenate(starts)
+    """Scores and start samples (at 22050 Hz) of every AMULET row, through the pipeline."""
+    info = read_info(wav)
+    pipe = StreamPipeline(model, info.rate)
+    records = [r for b in FileSource(info).blocks() for r in pipe.feed(b)] + pipe.finish()
+    rows = [r for r in records if r["event"] == "score"]
+    starts = np.array([round(r["start"] * model.profile.rate) for r in rows]) + 1024
+    return np.array([r["score"] for r in rows]), starts
 
 
 def test_seed_model_reproduces_amulet_scores(seed_model: Path, seed_dir: Path) -> None:

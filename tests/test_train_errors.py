@@ -1,7 +1,10 @@
-"""Bad training input: one line naming the file and the problem, exit 2, nothing written."""
+"""Bad training input or no 'train' extra: one line naming the problem, exit 2, nothing written."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,23 @@ import pytest
 
 from amulet_export.cli import main
 from amulet_stream.wav import write_wav
+
+BIN = Path(sys.executable).parent
+MODEL = Path(__file__).resolve().parents[1] / "models" / "default.onnx"
+BLOCKER = """
+import sys
+
+class _NotInstalled:
+    \"\"\"Meta-path finder: the 'train' extra's modules import as if not installed.\"\"\"
+
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top in {"tensorflow", "keras", "tf2onnx", "onnx", "h5py", "matplotlib"}:
+            raise ModuleNotFoundError(f"No module named {top!r}", name=top)
+        return None
+
+sys.meta_path.insert(0, _NotInstalled())
+"""
 
 
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -79,3 +99,59 @@ def test_bad_inputs(tmp_path: Path, audio_dir: Path, capsys: pytest.CaptureFixtu
     )
     assert code == 2 and "a_file: exists and is not a folder" in line
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_without_train_extra(tmp_path: Path, audio_dir: Path) -> None:
+    """train and import-seed name the missing extra and exit 2; verify and synth still work.
+
+    The extra is hidden by a sitecustomize.py on PYTHONPATH that makes its modules fail to
+    import, as if not installed: building a real venv without it would take minutes."""
+    (tmp_path / "block").mkdir()
+    (tmp_path / "block" / "sitecustomize.py").write_text(BLOCKER)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(tmp_path / "block"), os.environ.get("PYTHONPATH")])
+        ),
+    )
+    seed = tmp_path / "amulet"
+    seed.mkdir()
+    for name in ("sound_anomaly_detection.h5", "scaler", "anomaly_threshold"):
+        (seed / name).write_bytes(b"x")
+    out = tmp_path / "out"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "amulet-export"), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=env,
+        )
+
+    for args, purpose in (
+        (
+            ["train", "--input-file", str(audio_dir / "healthy_10s.wav"), "--output-dir", str(out)],
+            "training",
+        ),
+        (["import-seed", str(seed), "-o", str(out / "seed.onnx")], "import-seed"),
+        (["evaluate", "--out", str(out)], "evaluation"),
+    ):
+        proc = run(*args)
+        assert proc.returncode == 2, proc.stderr
+        last = proc.stderr.splitlines()[-1]
+        assert last.startswith(
+            f"amulet-export: error: {purpose} needs the 'train' extra: "
+            "pip install 'amulet-stream[train]' (missing module "
+        ), last
+        assert all(line.startswith("amulet-export: ") for line in proc.stderr.splitlines())
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["amulet", "block"]
+
+    wav = tmp_path / "synth.wav"
+    proc = run("synth", "-o", str(wav), "--seconds", "2")
+    assert proc.returncode == 0 and wav.is_file(), proc.stderr
+    proc = run("verify", str(MODEL))
+    assert proc.returncode in (0, 1) and proc.stdout.startswith(("OK ", "FAIL ")), proc.stderr

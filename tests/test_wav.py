@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amulet_stream.wav import WavError, iter_blocks, read_info, select_channel, write_wav
+from amulet_stream.wav import (
+    FloatWavWriter,
+    WavError,
+    iter_blocks,
+    read_info,
+    select_channel,
+    write_wav,
+)
 
 
 def _wav(path: Path, data: bytes, tag: int, channels: int, rate: int, bits: int) -> Path:
@@ -90,3 +97,23 @@ def test_bad_files_are_named_with_their_problem(tmp_path: Path) -> None:
     adpcm = _wav(tmp_path / "adpcm.wav", b"\0" * 64, 2, 1, 8000, 4)
     with pytest.raises(WavError, match="unsupported encoding"):
         read_info(adpcm)
+
+
+def test_float_writer_round_trip(tmp_path: Path) -> None:
+    from scipy.io import wavfile
+
+    data = np.random.default_rng(3).standard_normal((1000, 2)).astype(np.float32)
+    data[0] = [np.float32(1e-40), -0.0]  # subnormal and negative zero survive too
+    path = tmp_path / "f.wav"
+    with path.open("wb") as fh:
+        writer = FloatWavWriter(fh, 44100, channels=2)
+        writer.write(data[:300])
+        writer.write(data[300:])
+        fh.write(b"\x01\x02")  # half a sample, as a write cut short would leave
+        assert writer.finish() == 1000
+    info = read_info(path)
+    assert (info.rate, info.channels, info.frames, info.is_float) == (44100, 2, 1000, True)
+    got = np.concatenate(list(iter_blocks(info, 333)))
+    assert got.tobytes() == data.tobytes()
+    rate, other = wavfile.read(path)  # an independent reader agrees
+    assert rate == 44100 and other.tobytes() == data.tobytes()

@@ -1,0 +1,91 @@
+"""Frames and vectors: a mono stream cut on a fixed grid, each frame's features computed once."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .features import Profile
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+CHUNK = 32
+"""Frames per feature computation: always exactly this many rows, at positions fixed by the
+frame's index on the grid, so no result depends on how the audio was split into blocks."""
+
+
+class VectorStream:
+    """Float32 mono blocks at the profile's rate -> feature vectors (M, D) float32, in order.
+
+    Frame j covers samples [offset + j*step, offset + j*step + n_fft) of the stream; vector i
+    stacks frames i..i+stack-1. A vector with a NaN or infinite sample is all NaN. Keeps only
+    the samples and frame features the next vector needs. Not thread-safe."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.samples = 0
+        """Samples pushed so far."""
+        self.vectors = 0
+        """Vectors emitted so far (the index of the next one)."""
+        self._buf = np.zeros(0, np.float32)
+        self._buf_start = 0  # stream index of _buf[0]
+        self._frames = 0  # frames computed so far
+        self._tail = np.zeros((0, profile.frame_dim))  # features of the last stack-1 frames
+
+    def _frame_start(self, j: int) -> int:
+        return self.profile.offset + j * self.profile.step
+
+    def push(self, block: F32) -> F32:
+        """Add samples; return the vectors (M, D) they completed."""
+        self.samples += block.size
+        self._buf = np.concatenate([self._buf, block.astype(np.float32, copy=False)])
+        done = self._buf_start + self._buf.size - self.profile.n_fft - self.profile.offset
+        return self._advance(done // self.profile.step + 1 if done >= 0 else 0)
+
+    def finish(self) -> F32:
+        """End of stream: for pad_tail profiles, the zero-padded frames whose centre is inside
+        the stream (AMULET's row count); else nothing."""
+        p = self.profile
+        if not p.pad_tail:
+            return np.zeros((0, p.dim), np.float32)
+        centre_ok = self.samples - p.n_fft // 2 - p.offset
+        stop = centre_ok // p.step + 1 if centre_ok >= 0 else 0
+        self._buf = np.concatenate([self._buf, np.zeros(p.n_fft + p.step, np.float32)])
+        return self._advance(stop)
+
+    def _advance(self, stop: int) -> F32:
+        """Compute frames up to (not including) `stop`; return the vectors they complete."""
+        p = self.profile
+        if stop <= self._frames:
+            return np.zeros((0, p.dim), np.float32)
+        feats = np.concatenate([self._tail, self._features(self._frames, stop)])
+        self._frames = stop
+        vectors = p.stack_frames(feats)
+        self._tail = feats[max(0, feats.shape[0] - (p.stack - 1)) :] if p.stack > 1 else feats[:0]
+        self.vectors += vectors.shape[0]
+        drop = min(self._frame_start(stop) - self._buf_start, self._buf.size)
+        if drop > 0:
+            self._buf = self._buf[drop:]
+            self._buf_start += drop
+        return vectors
+
+    def _features(self, first: int, stop: int) -> F64:
+        """Features (stop - first, K) of frames first..stop-1, in grid-aligned chunks."""
+        p = self.profile
+        out = np.empty((stop - first, p.frame_dim))
+        view = sliding_window_view(self._buf, p.n_fft)
+        j = first
+        while j < stop:
+            base = j - j % CHUNK
+            hi = min(stop, base + CHUNK)
+            rows = np.zeros((CHUNK, p.n_fft), np.float32)
+            idx = self._frame_start(j) - self._buf_start + np.arange(hi - j) * p.step
+            rows[j - base : hi - base] = view[idx]
+            bad = ~np.isfinite(rows).all(axis=1)
+            rows[bad] = 0.0
+            feats = p.frame_features(rows)
+            feats[bad] = np.nan
+            out[j - first : hi - first] = feats[j - base : hi - base]
+            j = hi
+        return out

@@ -1,0 +1,260 @@
+"""`amulet-export evaluate`: hits, false alarms and delays of candidate models on a fault corpus.
+
+Every candidate is trained on the corpus's healthy recordings only. Every test recording, and
+hours of generated normal audio, is scored through the runtime's own streaming path
+(StreamPipeline, as `replay` does) at a hop of one vector; a serving hop of H vectors sees
+every H-th of those windows. The detector rule (alert_windows below, tested equal to the
+runtime's Detector) then turns window scores into alerts for each detector setting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from amulet_stream.detector import DetectorSettings, effective_threshold, windows_for
+from amulet_stream.model import Model
+from amulet_stream.pipeline import StreamPipeline
+from amulet_stream.sources import FileSource
+from amulet_stream.wav import read_info
+
+if TYPE_CHECKING:
+    from .corpus import Corpus
+
+_LOGGER = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+NORMAL_RATE = 16000
+CHUNK_SECONDS = 600.0
+"""Normal audio is generated in pieces of this length, each with its own conditions."""
+
+Trainer = Callable[[list[Path], Path], Path]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model family: its name, how it is trained, and one line about it."""
+
+    name: str
+    profile: str
+    architecture: str
+    note: str
+
+
+CANDIDATES = (
+    Candidate("amulet-lstm", "amulet-v1", "lstm", "AMULET's model: LSTM 16-4-4-16, 3 features"),
+    Candidate("dense-ae", "logmel-v1", "dense", "dense autoencoder (DCASE 2020 baseline style)"),
+    Candidate("pca", "logmel-v1", "pca", "linear autoencoder: PCA, 16 components, closed form"),
+    Candidate("mahalanobis", "logmel-v1", "mahalanobis", "Mahalanobis distance (DCASE 2022+)"),
+    Candidate("lstm-frames", "logmel-v1", "lstm-frames", "LSTM autoencoder over log-mel frames"),
+)
+
+
+@dataclass
+class Scored:
+    """Window scores of one stream at a hop of one vector, times in seconds."""
+
+    starts: F64
+    ends: F64
+    scores: F64
+    hop_seconds: float
+
+    def at_hop(self, hop: int) -> Scored:
+        """The windows a pipeline with a hop of `hop` vectors scores."""
+        return Scored(
+            self.starts[::hop], self.ends[::hop], self.scores[::hop], self.hop_seconds * hop
+        )
+
+
+@dataclass
+class Result:
+    """What one candidate produced."""
+
+    name: str
+    note: str
+    threshold: float
+    train_seconds: float
+    model_bytes: int
+    scored: dict[str, Scored] = field(default_factory=dict)
+    normal: Scored | None = None
+    cpu_per_audio_second: float = 0.0
+
+
+def train_candidate(cand: Candidate, epochs: int) -> Trainer:
+    """A trainer for a candidate: healthy wav files, output folder -> model.onnx."""
+
+    def run(wavs: list[Path], out: Path) -> Path:
+        from .train import TrainConfig, train
+
+        cfg = TrainConfig(wavs, out, cand.profile, epochs=epochs, architecture=cand.architecture)
+        return train(cfg)
+
+    return run
+
+
+class _Collector:
+    """Feeds one pipeline and keeps its window scores."""
+
+    def __init__(self, model: Model, rate: int) -> None:
+        self.pipe = StreamPipeline(model, rate, hop=1)
+        self.rows: list[tuple[float, float, float]] = []
+        self.cpu = 0.0
+
+    def feed(self, samples: F32) -> None:
+        c0 = time.process_time()
+        self._keep(self.pipe.feed(_block(samples)))
+        self.cpu += time.process_time() - c0
+
+    def finish(self) -> Scored:
+        self._keep(self.pipe.finish())
+        arr = np.array(self.rows, np.float64).reshape(-1, 3)
+        p = self.pipe.profile
+        return Scored(arr[:, 0], arr[:, 1], arr[:, 2], p.step / p.rate)
+
+    def _keep(self, recs: list[dict[str, Any]]) -> None:
+        self.rows += [(r["start"], r["end"], r["score"]) for r in recs if r["event"] == "score"]
+
+
+def _block(samples: F32) -> Any:
+    from amulet_stream.sources import Block
+
+    return Block(samples, None)
+
+
+def score_file(model: Model, path: Path) -> Scored:
+    """Window scores of a wav file replayed as fast as possible, at a hop of one vector."""
+    source = FileSource(read_info(path))
+    col = _Collector(model, source.rate)
+    for block in source.blocks():
+        col.feed(block.samples)
+    return col.finish()
+
+
+def normal_chunks(hours: float, seed: int) -> Iterator[F32]:
+    """Generated healthy audio at NORMAL_RATE, CHUNK_SECONDS at a time, made on all cores."""
+    from .corpus import normal_audio
+
+    n = int(np.ceil(hours * 3600 / CHUNK_SECONDS))
+    secs = [min(CHUNK_SECONDS, hours * 3600 - i * CHUNK_SECONDS) for i in range(n)]
+    with ProcessPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as pool:
+        yield from pool.map(normal_audio, secs, [NORMAL_RATE] * n, range(seed, seed + n))
+
+
+def alert_windows(
+    flags: npt.NDArray[np.bool_], calm: npt.NDArray[np.bool_], need: int, within: int, clear: int
+) -> I64:
+    """Indexes of the windows at which the detector raises an alert: `need` flagged windows
+    among the last `within` (counting only since the last return to normal), back to normal
+    after `clear` calm windows in a row. Same rule as amulet_stream.detector.Detector."""
+    cs = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
+    idx = np.arange(flags.size)
+    breaks = np.where(calm, 0, idx + 1)
+    run = idx + 1 - np.maximum.accumulate(breaks)  # calm windows in a row, ending here
+    out: list[int] = []
+    since = 0  # first window counted after the last return to normal
+    while True:
+
+        def enough(i: I64, lo: int = since) -> npt.NDArray[np.bool_]:
+            counted: npt.NDArray[np.bool_] = cs[i + 1] - cs[np.maximum(lo, i - within + 1)] >= need
+            return counted
+
+        a = _first(enough, since, flags.size)
+        if a < 0:
+            break
+        out.append(a)
+        c = _first(lambda i: run[i] >= clear, a + 1, flags.size)
+        if c < 0:
+            break
+        since = c + 1
+    return np.asarray(out, np.int64)
+
+
+def _first(cond: Callable[[I64], npt.NDArray[np.bool_]], start: int, stop: int) -> int:
+    """The first index in [start, stop) where cond holds, searched in chunks; -1 if none."""
+    step = 4096
+    while start < stop:
+        i = np.arange(start, min(stop, start + step))
+        hit = np.flatnonzero(cond(i))
+        if hit.size:
+            return int(i[hit[0]])
+        start += step
+        step *= 2
+    return -1
+
+
+def detect(s: Scored, threshold: float, settings: DetectorSettings) -> I64:
+    """Alert windows of a scored stream under detector settings (model threshold `threshold`)."""
+    thr = effective_threshold(threshold, settings.sensitivity)
+    need = windows_for(settings.alert_seconds, s.hop_seconds)
+    within = max(need, windows_for(settings.within_seconds, s.hop_seconds))
+    clear = windows_for(settings.clear_seconds, s.hop_seconds)
+    return alert_windows(
+        s.scores > thr, s.scores <= thr * settings.clear_ratio, need, within, clear
+    )
+
+
+def roc(neg: F64, pos: F64) -> tuple[F64, F64]:
+    """ROC curve (false-positive rates, true-positive rates); a higher score is anomalous."""
+    thr = np.unique(np.concatenate([neg, pos]))[::-1]
+    ns, ps = np.sort(neg), np.sort(pos)
+    fpr = (neg.size - np.searchsorted(ns, thr, side="left")) / max(neg.size, 1)
+    tpr = (pos.size - np.searchsorted(ps, thr, side="left")) / max(pos.size, 1)
+    return np.concatenate([[0.0], fpr, [1.0]]), np.concatenate([[0.0], tpr, [1.0]])
+
+
+def auc(neg: F64, pos: F64, max_fpr: float = 1.0) -> float:
+    """Area under the ROC curve up to max_fpr, divided by max_fpr (DCASE's pAUC below 1)."""
+    if neg.size == 0 or pos.size == 0:
+        return float("nan")
+    fpr, tpr = roc(neg, pos)
+    grid = np.linspace(0.0, max_fpr, 2001)
+    return float(np.trapezoid(np.interp(grid, fpr, tpr), grid) / max_fpr)
+
+
+def run(
+    corp: Corpus,
+    out: Path,
+    normal_hours: float,
+    trainers: Sequence[tuple[str, Trainer, str]],
+    seed: int = 9000,
+) -> list[Result]:
+    """Train every candidate, score the test recordings and the normal audio."""
+    logging.getLogger("amulet_stream.pipeline").setLevel(logging.WARNING)  # one line per file
+    results: list[Result] = []
+    models: list[Model] = []
+    for name, trainer, note in trainers:
+        _LOGGER.info("candidate %s: training on %d healthy file(s)", name, len(corp.train))
+        t0 = time.monotonic()
+        path = trainer(corp.train, out / "models" / name)
+        model = Model(path)
+        res = Result(name, note, model.threshold, time.monotonic() - t0, path.stat().st_size)
+        for rec in corp.test:
+            res.scored[rec.name] = score_file(model, rec.path)
+        _LOGGER.info("candidate %s: trained in %.1f s, test set scored", name, res.train_seconds)
+        results.append(res)
+        models.append(model)
+    if normal_hours > 0:
+        _LOGGER.info("generating and scoring %.2f h of normal audio", normal_hours)
+        cols = [_Collector(m, NORMAL_RATE) for m in models]
+        done = 0.0
+        for chunk in normal_chunks(normal_hours, seed):
+            for col in cols:
+                for i in range(0, chunk.size, 65536):
+                    col.feed(chunk[i : i + 65536])
+            done += chunk.size / NORMAL_RATE
+            _LOGGER.info("normal audio: %.2f of %.2f h scored", done / 3600, normal_hours)
+        for res, col in zip(results, cols, strict=True):
+            res.normal = col.finish()
+            res.cpu_per_audio_second = col.cpu / max(done, 1e-9)
+    return results

@@ -1,0 +1,76 @@
+"""Short faults injected into the real recording alert with default settings; healthy does not.
+
+The model is trained on the first 60 % of ../shared/data/amulet-seed/good.wav (the default
+profile and architecture, as `amulet-export train` makes it); the test audio is the rest,
+looped to 12 s (export/corpus.py real_corpus), with one fault injected from 5 s.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amulet_export.corpus import real_corpus
+from amulet_export.train import TrainConfig, train
+from amulet_stream.features import DEFAULT_PROFILE
+from amulet_stream.synth import Fault, inject
+from amulet_stream.wav import iter_blocks, read_info, write_wav
+
+BIN = Path(sys.executable).parent / "amulet-stream"
+FAULTS = {
+    "stop": Fault("stop", 5.0, 5.5, 0.5),  # the motor stops for half a second
+    "rubbing": Fault("rubbing", 5.0, 6.5, 0.5),  # a 1.5 s burst of rubbing
+    "impacts": Fault("bearing", 5.0, 6.5, 1.0),  # a 1.5 s burst of strong bearing impacts
+}
+
+
+@pytest.fixture(scope="module")
+def replayed(seed_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
+    """Output lines of one `replay` of the healthy loop and each faulty copy, per file name."""
+    work = tmp_path_factory.mktemp("real")
+    corp = real_corpus(seed_dir / "good.wav", work / "corpus")
+    model = train(TrainConfig(corp.train, work / "model", DEFAULT_PROFILE))
+    healthy = next(r for r in corp.test if r.kind == "healthy").path
+    info = read_info(healthy)
+    x = np.concatenate([b[:, 0] for b in iter_blocks(info)])
+    files = {"healthy": healthy}
+    for name, fault in FAULTS.items():
+        files[name] = work / f"{name}.wav"
+        write_wav(files[name], inject(x, info.rate, fault, seed=7), info.rate)
+    proc = subprocess.run(
+        [BIN, "replay", *files.values(), "--model", model],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out: dict[str, list[dict]] = {name: [] for name in files}
+    by_path = {str(p): name for name, p in files.items()}
+    for line in proc.stdout.splitlines():
+        rec = json.loads(line)
+        out[by_path[rec["file"]]].append(rec)
+    return out
+
+
+def test_healthy_real_recording_raises_no_alert(replayed: dict[str, list[dict]]) -> None:
+    lines = replayed["healthy"]
+    assert [r["event"] for r in lines] == ["summary"]
+    assert lines[-1]["verdict"] == "good" and lines[-1]["windows"] > 30
+
+
+@pytest.mark.parametrize("name", list(FAULTS))
+def test_short_fault_alerts_within_two_seconds(replayed: dict[str, list[dict]], name: str) -> None:
+    fault = FAULTS[name]
+    alerts = [r for r in replayed[name] if r["event"] == "anomaly"]
+    assert alerts, f"{name}: no alert ({replayed[name][-1]})"
+    first = alerts[0]
+    # the alerting window overlaps the fault, and the alert comes within 2 s of its onset
+    assert first["end"] > fault.start and first["start"] < fault.end
+    assert first["end"] - fault.start <= 2.0
+    assert replayed[name][-1]["verdict"] == "defect"
