@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -188,15 +189,15 @@ def _config(args: argparse.Namespace) -> Config:
             metrics, listen=listen, submit=metrics.submit or args.http_submit
         )
     try:
-        return Config(
-            dataclasses.replace(cfg.source, **{k: v for k, v in source.items() if v is not None}),
-            dataclasses.replace(cfg.model, **model),
-            dataclasses.replace(cfg.detector, **det) if det else cfg.detector,
-            mqtt,
-            metrics,
-        )
+        src = dataclasses.replace(cfg.source, **{k: v for k, v in source.items() if v is not None})
+        mod = dataclasses.replace(cfg.model, **model)
+    except ValueError as err:  # the message starts with the setting's name
+        raise UsageError(f"--{err}") from err
+    try:
+        detector = dataclasses.replace(cfg.detector, **det) if det else cfg.detector
     except ValueError as err:
         raise UsageError(str(err)) from err
+    return Config(src, mod, detector, mqtt, metrics)
 
 
 def _load_model(cfg: Config) -> Model:
@@ -222,6 +223,18 @@ def _hop(cfg: Config, model: Model) -> int | None:
     return max(1, round(cfg.model.hop * model.profile.rate / model.profile.step))
 
 
+def _check_plot(path: Path) -> None:
+    """Refuse a --plot target that cannot be written, before the replay runs."""
+    import importlib.util
+
+    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise UsageError(f"--plot {path}: give a file name ending in .png, .svg or .pdf")
+    if not path.parent.is_dir():
+        raise UsageError(f"--plot {path}: folder {path.parent} does not exist")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib: pip install 'amulet-stream[plot]'")
+
+
 def _demo_file(folder: Path) -> Path:
     from .synth import Fault, generate
     from .wav import write_wav
@@ -238,8 +251,10 @@ def _demo_file(folder: Path) -> Path:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    if args.speed is not None and args.speed <= 0:
-        raise UsageError("--speed must be positive")
+    if args.speed is not None and not 0 < args.speed < float("inf"):
+        raise UsageError("--speed must be a positive number")
+    if args.plot is not None:
+        _check_plot(args.plot)
     if not args.demo:
         return _replay_files(args, list(args.files))
     with tempfile.TemporaryDirectory(prefix="amulet-demo-") as tmp:
@@ -442,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ModelError, ConfigError, DeviceError, MqttConfigError, ListenError) as err:
         print(f"amulet-stream: error: {err}", file=sys.stderr)
         return EXIT_INPUT
+    except BrokenPipeError:  # e.g. `| head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

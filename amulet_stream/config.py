@@ -32,6 +32,14 @@ class SourceConfig:
     stream: str = "default"
     """Stream id in every output line."""
 
+    def __post_init__(self) -> None:
+        for key in ("rate", "channels"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"{key} must be a positive number, not {value}")
+        if self.channel is not None and self.channel < 0:
+            raise ValueError(f"channel is 0-based and cannot be negative ({self.channel})")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -41,6 +49,12 @@ class ModelConfig:
     threads: int = 1
     hop: float | None = None
     """Seconds between window starts; None: the model's own hop."""
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"threads must be at least 1, not {self.threads}")
+        if self.hop is not None and not 0 < self.hop <= 60:
+            raise ValueError(f"hop must be between 0 and 60 seconds, not {self.hop}")
 
 
 @dataclass(frozen=True)
@@ -147,11 +161,11 @@ def load(path: Path) -> Config:
     mod = _section(path, doc, "model")
     if "path" in mod:
         mod["path"] = (path.parent / mod["path"]).resolve()
-    if mod.get("threads", 1) < 1 or mod.get("hop", 1) <= 0:
-        raise ConfigError(f"{path}: model.threads must be >= 1 and model.hop > 0")
-    for key in ("rate", "channels"):
-        if src.get(key, 1) < 1:
-            raise ConfigError(f"{path}: source.{key} must be positive")
+    try:
+        source, model = SourceConfig(**src), ModelConfig(**mod)
+    except ValueError as err:
+        section = "source" if str(err).split()[0] in src else "model"
+        raise ConfigError(f"{path}: {section}.{err}") from err
     det_keys = _section(path, doc, "detector")
     try:
         det = DetectorSettings(**det_keys)
@@ -167,8 +181,8 @@ def load(path: Path) -> Config:
         raise ConfigError(f"{path}: give mqtt.password_file or mqtt.password_env, not both")
     met = _section(path, doc, "metrics")
     return Config(
-        SourceConfig(**src),
-        ModelConfig(**mod),
+        source,
+        model,
         det,
         MqttSettings(**mq) if "mqtt" in doc else None,
         MetricsConfig(**met),

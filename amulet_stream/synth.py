@@ -246,18 +246,5 @@ def generate(
     return np.concatenate(list(generate_blocks(seconds, rate, seed, motor, fault)))
 
 
-def inject(
-    samples: F32,
-    rate: int,
-    fault: Fault,
-    seed: int = 0,
-    shaft_hz: float = 24.5,
-    supply_hz: float = 50.0,
-) -> F32:
-    """A copy of a real recording (float32 mono at `rate` Hz) with `fault` in it, levels relative
-    to its own; outside the fault's interval the samples are unchanged.
-
-    `shaft_hz` and `supply_hz`: the rotation and supply frequencies assumed for the recorded
-    motor. Every kind but 'imbalance' and 'speed_change' (ValueError), which would need the
-    recording's own rotation tones."""
-    return synth_faults.inject(samples, rate, fault, seed, shaft_hz, supply_hz)
+inject = synth_faults.inject
+"""A copy of a real recording with a fault in it (synth_faults.inject): the corpus's entry."""

@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--profile",
-        choices=sorted(PROFILES),
+        choices=sorted(p for p in PROFILES if p != "mfcc-image-v1"),  # that one: evaluate
         default=DEFAULT_PROFILE,
         help=f"feature profile (default: {DEFAULT_PROFILE})",
     )
@@ -187,6 +187,11 @@ def _train(args: argparse.Namespace) -> int:
         raise InputError("--epochs and --batch-size must be at least 1")
     if not 0.5 < args.threshold_quantile < 1.0:
         raise InputError("--threshold-quantile must be between 0.5 and 1")
+    if args.profile == "amulet-v1" and args.architecture not in (None, "lstm"):
+        raise InputError(
+            "--profile amulet-v1 has 3 features per row: only its own LSTM (AMULET's, "
+            "--architecture lstm) learns anything from them"
+        )
     inputs = list_inputs(args.input_file, args.input_dir)
     outdir.check(args.output_dir, args.predict_file)
     outdir.stage(args.output_dir).rmdir()
@@ -215,6 +220,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace, argv: list[str] | None) -> int:
     import tempfile
+
+    from amulet_stream.wav import WavError
 
     from . import corpus, evaluate, evaluate_report
     from .errors import InputError
@@ -246,17 +253,28 @@ def _evaluate(args: argparse.Namespace, argv: list[str] | None) -> int:
         from . import dcgan, train  # noqa: F401
     with tempfile.TemporaryDirectory(prefix="amulet-eval-") as tmp:
         work = args.work or Path(tmp)
+        real = None
+        if args.real is not None:  # first: a recording that cannot be used fails at once
+            try:
+                real = corpus.real_corpus(args.real, work / "real")
+            except (ValueError, WavError) as err:
+                raise InputError(f"--real {args.real}: {err}") from err
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"--out {args.out}: cannot create it: {err.strerror}") from err
         corp = corpus.synthetic_corpus(work / "synthetic", args.size)
         results = evaluate.run(corp, args.out, hours, chosen)
         doc = evaluate_report.write(results, corp, args.out, hours, command)
-        if args.real is not None:
-            real = corpus.real_corpus(args.real, work / "real")
+        if real is not None:
             res = evaluate.run(real, work / "real-out", 0.0, chosen)
             evaluate_report.write(res, real, args.out / "real", 0.0, command)
     for name, c in doc["candidates"].items():
+        fa = c["false_alarms_per_24h"]
         print(
             f"{name}: {c['hits']}/{c['faults']} faults alerted, median delay "
-            f"{c['median_delay_s']} s, {c['false_alarms_per_24h']} false alarms / 24 h"
+            f"{c['median_delay_s']} s, "
+            + ("false alarms not measured" if fa != fa else f"{fa} false alarms / 24 h")
         )
     print(args.out / "evaluation.md")
     return EXIT_OK
@@ -304,8 +322,13 @@ def _synth(args: argparse.Namespace) -> int:
 
     from .errors import InputError
 
-    if args.seconds <= 0 or args.rate < 8000:
-        raise InputError("--seconds must be positive and --rate at least 8000")
+    if not 0 < args.seconds <= 3600 or args.rate < 8000:
+        raise InputError(
+            "--seconds must be between 0 and 3600 (write longer audio as several files) and "
+            "--rate at least 8000"
+        )
+    if not 300 <= args.rpm <= 6000 or not 0 <= args.load <= 1:
+        raise InputError("--rpm must be between 300 and 6000 and --load between 0 and 1")
     fault = None
     try:
         motor = Motor(rpm=args.rpm, load=args.load)

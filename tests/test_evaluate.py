@@ -12,6 +12,8 @@ import pytest
 
 from amulet_export.evaluate import Scored, alert_windows, auc, detect
 from amulet_stream.detector import ANOMALY, Detector, DetectorSettings
+from amulet_stream.synth import generate
+from amulet_stream.wav import write_wav
 
 BIN = Path(sys.executable).parent / "amulet-export"
 
@@ -100,7 +102,11 @@ def test_small_evaluation_end_to_end(tmp_path: Path) -> None:
 
 
 def test_evaluate_refuses_careless_input(tmp_path: Path) -> None:
+    short = tmp_path / "short.wav"
+    write_wav(short, generate(0.2, 16000, seed=1), 16000)
     for args, words in (
+        (["--real", short], "too few to loop"),
+        (["--out", "/proc/amulet-x"], "cannot create it"),
         (["--candidates", "pca,nosuch"], "unknown nosuch"),
         (["--normal-hours", "-1"], "must not be negative"),
         (["--real", tmp_path / "missing.wav"], "no such file"),

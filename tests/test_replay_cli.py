@@ -200,3 +200,30 @@ def test_example_config_in_deploy_is_valid() -> None:
     assert cfg.source.stream == "motor-1" and cfg.detector.alert_seconds == 0.5
     assert cfg.mqtt is not None and cfg.mqtt.prefix == "amulet" and cfg.mqtt.queue_limit == 1000
     assert cfg.metrics.listen == "127.0.0.1:8491" and not cfg.metrics.submit
+
+
+def test_careless_flags_are_refused_before_the_replay(fault_wav: Path, tmp_path: Path) -> None:
+    for args, words in (
+        (["--hop", "nan"], "--hop must be between 0 and 60 seconds"),
+        (["--hop", "0"], "--hop must be between 0 and 60 seconds"),
+        (["--threads", "0"], "--threads must be at least 1"),
+        (["--channel", "-1"], "--channel is 0-based"),
+        (["--speed", "nan"], "--speed must be a positive number"),
+        (["--plot", tmp_path / "missing" / "x.png"], "does not exist"),
+        (["--plot", tmp_path / "x.txt"], "ending in .png, .svg or .pdf"),
+        (["--k", "3"], "--k counted windows and is gone"),
+    ):
+        proc = run("replay", fault_wav, *args)
+        assert proc.returncode == 2 and words in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_output_into_a_closed_pipe_is_quiet(fault_wav: Path) -> None:
+    proc = subprocess.Popen(
+        [BIN, "replay", fault_wav, "--scores"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()  # like `| head -1`
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 0 and "Traceback" not in err, err
