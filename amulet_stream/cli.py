@@ -52,9 +52,15 @@ def _detector_args(p: argparse.ArgumentParser) -> None:
         "--alert-seconds",
         type=float,
         help="alert when windows above threshold cover this much of the last "
-        "--within-seconds (0.5)",
+        "--within-seconds (1.5)",
     )
-    g.add_argument("--within-seconds", type=float, help="look-back of the alert rule (2)")
+    g.add_argument("--within-seconds", type=float, help="look-back of the alert rules (2)")
+    g.add_argument(
+        "--burst-ratio",
+        type=float,
+        help="also alert when windows above threshold x this cover --burst-seconds (1.3)",
+    )
+    g.add_argument("--burst-seconds", type=float, help="seconds of the burst rule (0.5)")
     g.add_argument(
         "--clear-seconds", type=float, help="calm time in a row to return to normal (3)"
     )
@@ -159,7 +165,14 @@ def _config(args: argparse.Namespace) -> Config:
             )
     det = {
         k: getattr(args, k)
-        for k in ("sensitivity", "alert_seconds", "within_seconds", "clear_seconds")
+        for k in (
+            "sensitivity",
+            "alert_seconds",
+            "within_seconds",
+            "burst_ratio",
+            "burst_seconds",
+            "clear_seconds",
+        )
         if getattr(args, k) is not None
     }
     model = {

@@ -94,6 +94,8 @@ _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "sensitivity": (int, float),
         "alert_seconds": (int, float),
         "within_seconds": (int, float),
+        "burst_ratio": (int, float),
+        "burst_seconds": (int, float),
         "clear_seconds": (int, float),
         "clear_ratio": (int, float),
     },

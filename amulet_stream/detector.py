@@ -22,10 +22,16 @@ class DetectorSettings:
 
     sensitivity: float = 8.0
     """AMULET's sensitivity 1..10: each step below 8 raises the threshold by 30 %."""
-    alert_seconds: float = 0.5
+    alert_seconds: float = 1.5
     """Anomaly when windows above threshold cover at least this much of the last
-    `within_seconds` (each window stands for one hop of time)."""
+    `within_seconds` (each window stands for one hop of time). Defaults: the evaluation's
+    choice for the default model, at most 1 false alarm per 24 h (docs/evaluation.md)."""
     within_seconds: float = 2.0
+    burst_ratio: float = 1.3
+    burst_seconds: float = 0.5
+    """Also anomaly when windows above threshold x burst_ratio cover at least burst_seconds
+    of the last within_seconds: a short, strong fault (a motor stopping for half a second)
+    alerts without waiting for alert_seconds."""
     clear_seconds: float = 3.0
     """Back to normal after this long with every window at or below threshold x clear_ratio."""
     clear_ratio: float = 1.0
@@ -35,6 +41,11 @@ class DetectorSettings:
             raise ValueError(
                 "alert_seconds and within_seconds need 0 < alert_seconds <= within_seconds "
                 f"<= 3600 (got {self.alert_seconds}, {self.within_seconds})"
+            )
+        if not self.burst_ratio >= 1 or not 0 < self.burst_seconds <= self.within_seconds:
+            raise ValueError(
+                "burst_ratio must be at least 1 and burst_seconds in (0, within_seconds] "
+                f"(got {self.burst_ratio}, {self.burst_seconds})"
             )
         if not 0 < self.clear_seconds <= 3600 or not 0 < self.clear_ratio <= 1:
             raise ValueError("clear_seconds must be in (0, 3600] and clear_ratio in (0, 1]")
@@ -62,7 +73,8 @@ class Detector:
         self.threshold = effective_threshold(threshold, s.sensitivity)
         self.state = NORMAL
         self._need = windows_for(s.alert_seconds, hop_seconds)
-        self._recent: deque[bool] = deque(
+        self._need_burst = windows_for(s.burst_seconds, hop_seconds)
+        self._recent: deque[int] = deque(
             maxlen=max(self._need, windows_for(s.within_seconds, hop_seconds))
         )
         self._clear = windows_for(s.clear_seconds, hop_seconds)
@@ -74,9 +86,11 @@ class Detector:
 
     def update(self, score: float) -> str | None:
         """Add one window score; return the new state if it changed, else None."""
-        self._recent.append(self.is_anomalous(score))
+        strong = score > self.threshold * self.settings.burst_ratio
+        self._recent.append(int(self.is_anomalous(score)) + int(strong))  # 0, 1 or 2
         if self.state == NORMAL:
-            if sum(self._recent) >= self._need:
+            above = sum(x > 0 for x in self._recent)
+            if above >= self._need or sum(x > 1 for x in self._recent) >= self._need_burst:
                 self.state = ANOMALY
                 self._calm = 0
                 return ANOMALY

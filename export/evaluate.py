@@ -152,12 +152,21 @@ def normal_chunks(hours: float, seed: int) -> Iterator[F32]:
 
 
 def alert_windows(
-    flags: npt.NDArray[np.bool_], calm: npt.NDArray[np.bool_], need: int, within: int, clear: int
+    flags: npt.NDArray[np.bool_],
+    calm: npt.NDArray[np.bool_],
+    need: int,
+    within: int,
+    clear: int,
+    strong: npt.NDArray[np.bool_] | None = None,
+    need_strong: int = 1,
 ) -> I64:
     """Indexes of the windows at which the detector raises an alert: `need` flagged windows
-    among the last `within` (counting only since the last return to normal), back to normal
-    after `clear` calm windows in a row. Same rule as amulet_stream.detector.Detector."""
+    (or `need_strong` strong ones) among the last `within`, counting only since the last
+    return to normal; back to normal after `clear` calm windows in a row. Same rule as
+    amulet_stream.detector.Detector."""
     cs = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
+    cs2 = np.concatenate([[0], np.cumsum(flags if strong is None else strong, dtype=np.int64)])
+    big = need if strong is None else need_strong
     idx = np.arange(flags.size)
     breaks = np.where(calm, 0, idx + 1)
     run = idx + 1 - np.maximum.accumulate(breaks)  # calm windows in a row, ending here
@@ -166,8 +175,11 @@ def alert_windows(
     while True:
 
         def enough(i: I64, lo: int = since) -> npt.NDArray[np.bool_]:
-            counted: npt.NDArray[np.bool_] = cs[i + 1] - cs[np.maximum(lo, i - within + 1)] >= need
-            return counted
+            first = np.maximum(lo, i - within + 1)
+            hit: npt.NDArray[np.bool_] = (cs[i + 1] - cs[first] >= need) | (
+                cs2[i + 1] - cs2[first] >= big
+            )
+            return hit
 
         a = _first(enough, since, flags.size)
         if a < 0:
@@ -200,7 +212,13 @@ def detect(s: Scored, threshold: float, settings: DetectorSettings) -> I64:
     within = max(need, windows_for(settings.within_seconds, s.hop_seconds))
     clear = windows_for(settings.clear_seconds, s.hop_seconds)
     return alert_windows(
-        s.scores > thr, s.scores <= thr * settings.clear_ratio, need, within, clear
+        s.scores > thr,
+        s.scores <= thr * settings.clear_ratio,
+        need,
+        within,
+        clear,
+        s.scores > thr * settings.burst_ratio,
+        windows_for(settings.burst_seconds, s.hop_seconds),
     )
 
 

@@ -26,6 +26,8 @@ LATE = 2.0
 HOPS = (1, 4, 8, 16)
 ALERT = (0.25, 0.5, 0.75, 1.0, 1.5)
 WITHIN = (1.0, 2.0, 3.0, 5.0)
+BURSTS = ((float("inf"), 0.5), (1.2, 0.25), (1.2, 0.5), (1.3, 0.25), (1.3, 0.5), (1.5, 0.5))
+"""(burst_ratio, burst_seconds); an infinite ratio: no burst rule."""
 CLEAR = 3.0
 FA_GOAL = 1.0
 """False alarms per 24 h of normal audio allowed when choosing detector settings."""
@@ -38,12 +40,16 @@ class Setting:
     hop: int
     alert_seconds: float
     within_seconds: float
+    burst_ratio: float
+    burst_seconds: float
 
     def detector(self) -> DetectorSettings:
         """The runtime's settings for this point."""
         return DetectorSettings(
             alert_seconds=self.alert_seconds,
             within_seconds=self.within_seconds,
+            burst_ratio=self.burst_ratio,
+            burst_seconds=self.burst_seconds,
             clear_seconds=CLEAR,
         )
 
@@ -122,11 +128,12 @@ def choose(res: Result, corp: Corpus, hours: float) -> tuple[Setting, Outcome]:
 
 def sweep(res: Result, corp: Corpus, hours: float) -> list[tuple[Setting, Outcome]]:
     """Outcomes of every setting of the grid that the candidate's windows allow."""
-    return [
-        (Setting(hop, alert, within), outcome(res, corp, Setting(hop, alert, within), hours))
-        for hop, alert, within in itertools.product(HOPS, ALERT, WITHIN)
+    grid = [
+        Setting(hop, alert, within, ratio, burst)
+        for hop, alert, within, (ratio, burst) in itertools.product(HOPS, ALERT, WITHIN, BURSTS)
         if alert <= within and _hop_ok(res, hop)
     ]
+    return [(st, outcome(res, corp, st, hours)) for st in grid]
 
 
 def groups(corp: Corpus) -> dict[str, list[Recording]]:
@@ -221,7 +228,8 @@ def write(
             for st, o in sweep(res, corp, hours):
                 fh.write(
                     f"{res.name},{hop_s * st.hop:.4f},{st.alert_seconds:g},"
-                    f"{st.within_seconds:g},{o.hits},{o.faults},{o.median_delay:.2f},"
+                    f"{st.within_seconds:g},{st.burst_ratio:g},{st.burst_seconds:g},"
+                    f"{o.hits},{o.faults},{o.median_delay:.2f},"
                     f"{o.false_alarms_24h:.2f},{o.benign_alarms},{o.early_alarms}\n"
                 )
     (out / "evaluation.md").write_text(_markdown(doc, corp))
@@ -265,9 +273,9 @@ def _markdown(doc: dict[str, Any], corp: Corpus) -> str:
         "recordings before the fault began (false alarms too).",
         "",
         "| candidate | meets goal | hits | median delay s | false alarms / 24 h | non-fault "
-        "alarms | early alarms | hop s | alert / within s | train s | model KiB | CPU % of a "
-        "core |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "alarms | early alarms | hop s | alert / within s | burst x threshold / s | train s | "
+        "model KiB | CPU % of a core |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, c in cands.items():
         st = c["setting"]
@@ -277,6 +285,7 @@ def _markdown(doc: dict[str, Any], corp: Corpus) -> str:
             f"{_num(c['median_delay_s'])} | {'not measured' if np.isnan(fa) else fa} | "
             f"{c['benign_alarms']} | {c['early_alarms']} | "
             f"{st['hop_seconds']} | {st['alert_seconds']:g} / {st['within_seconds']:g} | "
+            f"{st['burst_ratio']:g} / {st['burst_seconds']:g} | "
             f"{c['train_seconds']} | {c['model_kib']} | "
             f"{c['cpu_percent_of_core'] if not np.isnan(fa) else '-'} |"
         )

@@ -16,7 +16,11 @@ def test_sensitivity_moves_threshold_30_percent_per_step() -> None:
 def test_seconds_above_within_lookback_and_hysteresis() -> None:
     # windows every 0.25 s: alert on 0.75 s (3 windows) above within 1.25 s (5 windows)
     settings = DetectorSettings(
-        alert_seconds=0.75, within_seconds=1.25, clear_seconds=0.5, clear_ratio=0.8
+        alert_seconds=0.75,
+        within_seconds=1.25,
+        burst_ratio=float("inf"),
+        clear_seconds=0.5,
+        clear_ratio=0.8,
     )
     det = Detector(1.0, 0.25, settings)
     seq = [2.0, 0.5, 2.0, 0.5, 0.5]  # 0.5 s above in 1.25 s: stays normal
@@ -31,21 +35,30 @@ def test_seconds_above_within_lookback_and_hysteresis() -> None:
 
 def test_same_seconds_at_another_hop() -> None:
     # the same rule at a 0.5 s hop: 2 windows above within 3 alert; a single one does not
-    settings = DetectorSettings(alert_seconds=1.0, within_seconds=1.5, clear_seconds=1.0)
+    settings = DetectorSettings(
+        alert_seconds=1.0, within_seconds=1.5, burst_ratio=float("inf"), clear_seconds=1.0
+    )
     det = Detector(1.0, 0.5, settings)
     assert [det.update(s) for s in (2.0, 0.5, 0.5, 2.0, 0.5, 2.0)] == [None] * 5 + ["anomaly"]
 
 
-def test_a_short_burst_alerts_with_the_defaults() -> None:
-    # 0.5 s above threshold at a 0.256 s hop (2 windows) is enough; 1 window is not
+def test_defaults_mild_and_long_or_strong_and_short() -> None:
+    # at a 0.256 s hop: 1.5 s (6 windows) above threshold within 2 s (8 windows) ...
     det = Detector(1.0, 0.256)
-    assert [det.update(s) for s in (0.5, 2.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5)] == [None] * 9
-    assert [det.update(s) for s in (2.0, 2.0)] == [None, "anomaly"]
+    mild = [1.1] * 5 + [0.5] * 3
+    assert [det.update(s) for s in mild] == [None] * 8
+    assert [det.update(1.1) for _ in range(6)][-1] == "anomaly"
+    # ... or 0.5 s (2 windows) above 1.3 x threshold: a motor stopping for half a second
+    det = Detector(1.0, 0.256)
+    assert [det.update(s) for s in (0.5, 1.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5)] == [None] * 9
+    assert [det.update(s) for s in (1.5, 1.5)] == [None, "anomaly"]
 
 
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="alert_seconds <= within_seconds"):
         DetectorSettings(alert_seconds=3, within_seconds=2)
+    with pytest.raises(ValueError, match="burst_ratio"):
+        DetectorSettings(burst_ratio=0.9)
     with pytest.raises(ValueError, match="clear_seconds"):
         DetectorSettings(clear_seconds=0)
     with pytest.raises(ValueError, match="sensitivity"):

@@ -27,6 +27,8 @@ def test_vectorised_rule_equals_the_runtime_detector(seed: int) -> None:
     settings = DetectorSettings(
         alert_seconds=[0.25, 0.5, 1.0][seed % 3],
         within_seconds=[1.0, 2.0, 3.0][seed % 3],
+        burst_ratio=[1.2, 2.0, float("inf")][seed % 3],
+        burst_seconds=[0.25, 0.5][seed % 2],
         clear_seconds=[0.5, 1.0][seed % 2],
         clear_ratio=[1.0, 0.8][seed % 2],
     )

@@ -24,8 +24,7 @@ from amulet_stream.wav import iter_blocks, read_info, write_wav
 BIN = Path(sys.executable).parent / "amulet-stream"
 FAULTS = {
     "stop": Fault("stop", 5.0, 5.5, 0.5),  # the motor stops for half a second
-    "rubbing": Fault("rubbing", 5.0, 6.5, 0.5),  # a 1.5 s burst of rubbing
-    "impacts": Fault("bearing", 5.0, 6.5, 1.0),  # a 1.5 s burst of strong bearing impacts
+    "rubbing": Fault("rubbing", 5.0, 6.5, 0.5),  # a 1.5 s transient: rubbing
 }
 
 

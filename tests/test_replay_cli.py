@@ -57,8 +57,9 @@ def test_end_to_end_fault_is_reported(fault_wav: Path) -> None:
         assert e["file"] == str(fault_wav) and e["time"].endswith("Z")
     summary = out[-1]
     assert summary["event"] == "summary" and summary["verdict"] == "defect"
-    assert summary["windows"] == 30 and summary["audio_seconds"] == 30.0
-    assert 8 <= summary["anomalies"] <= 11
+    # 30 s: 934 vectors of 32 ms, windows of 26 every 8 (0.256 s)
+    assert summary["windows"] == (934 - 26) // 8 + 1 and summary["audio_seconds"] == 30.0
+    assert 35 <= summary["anomalies"] <= 50  # windows overlapping the 10 s fault: about 43
     assert proc.stderr.count("resampling 44100 Hz -> 16000 Hz") == 1
     assert run("replay", fault_wav).returncode == 0  # without --fail-on-anomaly
 
@@ -73,7 +74,7 @@ def test_realtime_and_fast_replay_give_identical_scores(tmp_path: Path) -> None:
         [(r["start"], r["score"]) for r in lines(p.stdout) if r["event"] == "score"]
         for p in (fast, paced)
     ]
-    assert len(scores[0]) == 4 and scores[0] == scores[1]
+    assert len(scores[0]) == 12 and scores[0] == scores[1]  # 4 s: 120 vectors, every 8th
     assert lines(paced.stdout)[-1]["processing_seconds"] >= 3.5
 
 
@@ -87,7 +88,9 @@ def test_amulet_json_and_plot(fault_wav: Path, tmp_path: Path) -> None:
     assert all(set(r) == {"Anomaly", "filename", "value"} for r in rows)
     starts = [float(r["filename"].split("-")[0]) for r in rows]
     spans = [tuple(map(float, r["filename"].split("-"))) for r in rows]
-    assert all(9.0 <= s < 20.0 for s in starts) and any(a <= 12.0 <= b for a, b in spans)
+    # AMULET's rule lists every window above threshold: nearly all overlap the 10-20 s fault
+    assert sum(9.0 <= s < 20.0 for s in starts) >= 0.9 * len(starts) >= 30
+    assert any(a <= 12.0 <= b for a, b in spans)
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -197,7 +200,8 @@ def test_example_config_in_deploy_is_valid() -> None:
     from amulet_stream.config import load
 
     cfg = load(ROOT / "deploy" / "amulet-stream.toml")
-    assert cfg.source.stream == "motor-1" and cfg.detector.alert_seconds == 0.5
+    assert cfg.source.stream == "motor-1" and cfg.detector.alert_seconds == 1.5
+    assert cfg.detector.burst_ratio == 1.3 and cfg.detector.burst_seconds == 0.5
     assert cfg.mqtt is not None and cfg.mqtt.prefix == "amulet" and cfg.mqtt.queue_limit == 1000
     assert cfg.metrics.listen == "127.0.0.1:8491" and not cfg.metrics.submit
 
