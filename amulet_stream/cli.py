@@ -58,9 +58,9 @@ def _detector_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--burst-ratio",
         type=float,
-        help="also alert when windows above threshold x this cover --burst-seconds (1.3)",
+        help="also alert when windows above threshold x this cover --burst-seconds (1.2)",
     )
-    g.add_argument("--burst-seconds", type=float, help="seconds of the burst rule (0.5)")
+    g.add_argument("--burst-seconds", type=float, help="seconds of the burst rule (0.25)")
     g.add_argument(
         "--clear-seconds", type=float, help="calm time in a row to return to normal (3)"
     )

@@ -27,8 +27,8 @@ class DetectorSettings:
     `within_seconds` (each window stands for one hop of time). Defaults: the evaluation's
     choice for the default model, at most 1 false alarm per 24 h (docs/evaluation.md)."""
     within_seconds: float = 2.0
-    burst_ratio: float = 1.3
-    burst_seconds: float = 0.5
+    burst_ratio: float = 1.2
+    burst_seconds: float = 0.25
     """Also anomaly when windows above threshold x burst_ratio cover at least burst_seconds
     of the last within_seconds: a short, strong fault (a motor stopping for half a second)
     alerts without waiting for alert_seconds."""

@@ -220,7 +220,7 @@ def write(
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     with (out / "settings.csv").open("w") as fh:
         fh.write(
-            "candidate,hop_s,alert_s,within_s,hits,faults,median_delay_s,"
+            "candidate,hop_s,alert_s,within_s,burst_ratio,burst_s,hits,faults,median_delay_s,"
             "false_alarms_per_24h,non_fault_alarms,early_alarms\n"
         )
         for res in results:

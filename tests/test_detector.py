@@ -48,10 +48,10 @@ def test_defaults_mild_and_long_or_strong_and_short() -> None:
     mild = [1.1] * 5 + [0.5] * 3
     assert [det.update(s) for s in mild] == [None] * 8
     assert [det.update(1.1) for _ in range(6)][-1] == "anomaly"
-    # ... or 0.5 s (2 windows) above 1.3 x threshold: a motor stopping for half a second
+    # ... or 0.25 s (one window) above 1.2 x threshold: a motor stopping for half a second
     det = Detector(1.0, 0.256)
-    assert [det.update(s) for s in (0.5, 1.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5)] == [None] * 9
-    assert [det.update(s) for s in (1.5, 1.5)] == [None, "anomaly"]
+    assert [det.update(s) for s in (0.5, 1.15, 0.5, 1.15, 0.5, 0.5, 0.5)] == [None] * 7
+    assert det.update(1.3) == "anomaly"
 
 
 def test_bad_settings_are_refused() -> None:
