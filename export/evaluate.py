@@ -24,7 +24,7 @@ import numpy.typing as npt
 from amulet_stream.detector import DetectorSettings, effective_threshold, windows_for
 from amulet_stream.model import Model
 from amulet_stream.pipeline import StreamPipeline
-from amulet_stream.sources import FileSource
+from amulet_stream.sources import Block, FileSource
 from amulet_stream.wav import read_info
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ class _Collector:
 
     def feed(self, samples: F32) -> None:
         c0 = time.process_time()
-        self._keep(self.pipe.feed(_block(samples)))
+        self._keep(self.pipe.feed(Block(samples, None)))
         self.cpu += time.process_time() - c0
 
     def finish(self) -> Scored:
@@ -124,12 +124,6 @@ class _Collector:
 
     def _keep(self, recs: list[dict[str, Any]]) -> None:
         self.rows += [(r["start"], r["end"], r["score"]) for r in recs if r["event"] == "score"]
-
-
-def _block(samples: F32) -> Any:
-    from amulet_stream.sources import Block
-
-    return Block(samples, None)
 
 
 def score_file(model: Model, path: Path) -> Scored:
