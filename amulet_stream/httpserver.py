@@ -21,7 +21,7 @@ from .detector import DetectorSettings
 from .metrics import Metrics
 from .model import Model
 from .output import amulet_json
-from .pipeline import StreamPipeline
+from .pipeline import StreamPipeline, replay
 from .sources import FileSource
 from .wav import WavError, read_info
 
@@ -153,10 +153,7 @@ def score_wav(
     scored (None if something was)."""
     info = read_info(path)
     pipe = StreamPipeline(model, info.rate, "submit", str(path), settings)
-    rows: list[dict[str, Any]] = []
-    for block in FileSource(info).blocks():
-        rows += pipe.feed(block)
-    rows += pipe.finish()
+    rows = replay(pipe, FileSource(info))
     problem = pipe.too_short_message() if pipe.stats.too_short else None
     return [r for r in rows if r["event"] == "score"], problem
 

@@ -15,7 +15,7 @@ from .detector import Detector, DetectorSettings
 from .frames import VectorStream
 from .model import Model
 from .resample import StreamResampler
-from .sources import Block
+from .sources import Block, FileSource
 from .windows import WindowMeans
 
 _LOGGER = logging.getLogger(__name__)
@@ -205,3 +205,9 @@ class StreamPipeline:
             "processing_seconds": round(processing_seconds, 3),
             **extra,
         }
+
+
+def replay(pipe: StreamPipeline, source: FileSource) -> list[Record]:
+    """Every record of a file fed through a pipeline as fast as it reads, end included."""
+    records = [r for block in source.blocks() for r in pipe.feed(block)]
+    return records + pipe.finish()

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from amulet_stream.detector import DetectorSettings, effective_threshold, windows_for
 from amulet_stream.model import Model
-from amulet_stream.pipeline import StreamPipeline
+from amulet_stream.pipeline import StreamPipeline, replay
 from amulet_stream.sources import Block, FileSource
 from amulet_stream.wav import read_info
 
@@ -113,16 +113,16 @@ class _Collector:
 
     def feed(self, samples: F32) -> None:
         c0 = time.process_time()
-        self._keep(self.pipe.feed(Block(samples, None)))
+        self.keep(self.pipe.feed(Block(samples, None)))
         self.cpu += time.process_time() - c0
 
     def finish(self) -> Scored:
-        self._keep(self.pipe.finish())
+        self.keep(self.pipe.finish())
         arr = np.array(self.rows, np.float64).reshape(-1, 3)
         p = self.pipe.profile
         return Scored(arr[:, 0], arr[:, 1], arr[:, 2], p.step / p.rate)
 
-    def _keep(self, recs: list[dict[str, Any]]) -> None:
+    def keep(self, recs: list[dict[str, Any]]) -> None:
         self.rows += [(r["start"], r["end"], r["score"]) for r in recs if r["event"] == "score"]
 
 
@@ -130,8 +130,7 @@ def score_file(model: Model, path: Path) -> Scored:
     """Window scores of a wav file replayed as fast as possible, at a hop of one vector."""
     source = FileSource(read_info(path))
     col = _Collector(model, source.rate)
-    for block in source.blocks():
-        col.feed(block.samples)
+    col.keep(replay(col.pipe, source))
     return col.finish()
 
 

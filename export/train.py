@@ -19,10 +19,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from amulet_stream.features import PROFILES, Profile
 from amulet_stream.model import Model
-from amulet_stream.pipeline import StreamPipeline
+from amulet_stream.pipeline import StreamPipeline, replay
 from amulet_stream.pipeline import verdict as pipeline_verdict
 from amulet_stream.sources import FileSource
 from amulet_stream.wav import WavError, read_info
+from amulet_stream.windows import WindowMeans
 
 from . import dataset, linear, nets, onnx_io, outdir, plots, threshold
 from .errors import InputError
@@ -160,7 +161,7 @@ def _window_scores(vec_scores: F32, data: dataset.Dataset, pick: I64, per_window
         start += count
         if count < per_window:
             continue
-        means = sliding_window_view(s.astype(np.float64), per_window).mean(axis=1)
+        means = WindowMeans(per_window, 1).push(s)[0]  # as the monitor scores windows
         inside = sliding_window_view(m, per_window).all(axis=1)
         out.append(means[inside].astype(np.float32))
     return np.concatenate(out) if out else np.zeros(0, np.float32)
@@ -177,10 +178,7 @@ def _predict(cfg: TrainConfig, model_path: Path, stage: Path) -> str:
         raise InputError(str(err)) from err
     model = Model(model_path)
     pipe = StreamPipeline(model, info.rate, "predict", str(cfg.predict_file))
-    records: list[dict[str, Any]] = []
-    for block in source.blocks():
-        records += pipe.feed(block)
-    records += pipe.finish()
+    records = replay(pipe, source)
     rows = [r for r in records if r["event"] == "score"]
     thr = pipe.detector.threshold
     with (stage / "prediction.csv").open("w") as fh:
