@@ -251,10 +251,19 @@ def test_silence_and_clipping_are_warned_about(tmp_path: Path) -> None:
 
 
 def test_lost_audio_is_warned_about(alsa_home: Path, tmp_path: Path) -> None:
-    # the clockless file-plugin device outruns a 0.5 s ring buffer at once
+    # the clockless file-plugin device usually outruns a 0.5 s ring buffer at once; whether
+    # it does is a race with the reader, so the scenario is repeated (at most 3 times) until
+    # audio was lost, and then the warning must be there
     args = ["--device", "amuletrec", "--rate", str(RATE), "--seconds", str(SECONDS)]
-    proc = _record([*args, "--buffer", "0.5", "-o", str(tmp_path / "gaps.wav")], alsa_home)
-    summary = _summary(proc)
+    for attempt in range(3):
+        out = tmp_path / f"gaps{attempt}.wav"
+        proc = _record([*args, "--buffer", "0.5", "-o", str(out)], alsa_home)
+        summary = _summary(proc)
+        if summary["dropped_samples"]:
+            break
+        assert "audio was lost" not in proc.stderr
+    else:
+        pytest.skip("the reader kept up with the clockless device 3 times: no audio was lost")
     assert summary["dropped_samples"] > 0  # type: ignore[operator]
     assert "audio was lost: " in proc.stderr and "raise --buffer" in proc.stderr
 
