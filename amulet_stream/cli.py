@@ -12,24 +12,24 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import FrameType
+from typing import Any, TypeVar
 
 from . import __version__
-from .config import Config, ConfigError, load
+from .config import Config, ConfigError, ModelConfig, StreamConfig, load
+from .daemon import Daemon, DaemonError
 from .detector import RENAMED, effective_threshold
-from .devices import DeviceError, list_inputs, resolve
+from .devices import DeviceError, list_inputs
 from .httpserver import DEFAULT_PORT, ListenError
 from .model import Model, ModelError, default_model_path
 from .mqtt import MqttConfigError, MqttSettings
 from .output import JsonLines, Progress, amulet_json
 from .pipeline import Record, StreamPipeline
 from .sinks import Sinks
-from .sources import DeviceSource, FileSource, StdinSource
+from .sources import FileSource
 from .wav import WavError, read_info
 
 _LOGGER = logging.getLogger("amulet_stream")
@@ -61,9 +61,7 @@ def _detector_args(p: argparse.ArgumentParser) -> None:
         help="also alert when windows above threshold x this cover --burst-seconds (1.2)",
     )
     g.add_argument("--burst-seconds", type=float, help="seconds of the burst rule (0.25)")
-    g.add_argument(
-        "--clear-seconds", type=float, help="calm time in a row to return to normal (3)"
-    )
+    g.add_argument("--clear-seconds", type=float, help="calm time in a row to return to normal (3)")
     g.add_argument("--hop", type=float, help="seconds between window starts (model's own)")
     for old in RENAMED:
         g.add_argument(f"--{old}", dest=f"old_{old}", help=argparse.SUPPRESS)
@@ -201,21 +199,48 @@ def _config(args: argparse.Namespace) -> Config:
         metrics = dataclasses.replace(
             metrics, listen=listen, submit=metrics.submit or args.http_submit
         )
+    source = {k: v for k, v in source.items() if v is not None}
+    if cfg.streams and source:
+        flags = ", ".join("--" + k for k in source)
+        raise UsageError(
+            f"{flags}: the config has [[stream]] tables; set the source of each stream there"
+        )
+    src = _flagged(cfg.source, source)
+    streams = tuple(
+        StreamConfig(s.source, _flagged(s.model, model), _flagged(s.detector, det))
+        for s in cfg.streams
+    )
+    return dataclasses.replace(
+        cfg,
+        source=src,
+        model=_flagged(cfg.model, model),
+        detector=_flagged(cfg.detector, det),
+        mqtt=mqtt,
+        metrics=metrics,
+        streams=streams,
+    )
+
+
+T = TypeVar("T")
+
+
+def _flagged(obj: T, flags: dict[str, Any]) -> T:
+    """obj with the flags' values, through the same checks as the config keys; a failed check
+    names the flag (the checks' messages start with the setting's name)."""
+    if not flags:
+        return obj
     try:
-        src = dataclasses.replace(cfg.source, **{k: v for k, v in source.items() if v is not None})
-        mod = dataclasses.replace(cfg.model, **model)
-    except ValueError as err:  # the message starts with the setting's name
-        raise UsageError(f"--{err}") from err
-    try:
-        detector = dataclasses.replace(cfg.detector, **det) if det else cfg.detector
+        return dataclasses.replace(obj, **flags)  # type: ignore[type-var]
     except ValueError as err:
+        first, _, rest = str(err).partition(" ")
+        if first in flags:
+            raise UsageError(f"--{first.replace('_', '-')} {rest}") from err
         raise UsageError(str(err)) from err
-    return Config(src, mod, detector, mqtt, metrics)
 
 
-def _load_model(cfg: Config) -> Model:
-    path = cfg.model.path or default_model_path()
-    model = Model(path, threads=cfg.model.threads)
+def _load_model(cfg: ModelConfig) -> Model:
+    path = cfg.path or default_model_path()
+    model = Model(path, threads=cfg.threads)
     _LOGGER.info("model %s: profile %s, threshold %.4g", path, model.profile.name, model.threshold)
     if path.resolve() == default_model_path().resolve():
         _LOGGER.warning(
@@ -278,7 +303,7 @@ def _replay_files(args: argparse.Namespace, files: list[Path]) -> int:
     if not files:
         raise UsageError("replay needs at least one wav file (or --demo)")
     cfg = _config(args)
-    model = _load_model(cfg)
+    model = _load_model(cfg.model)
     speed = 1.0 if args.realtime else args.speed
     out = JsonLines(args.scores) if args.format == "jsonl" else None
     keep = args.format == "amulet-json" or args.plot is not None
@@ -359,66 +384,23 @@ def _deliver(records: list[Record], sinks: Sinks, rows: list[Record] | None) -> 
 
 
 def _run(args: argparse.Namespace) -> int:
+    if not 0.5 <= args.buffer <= 600:
+        raise UsageError(f"--buffer must be between 0.5 and 600 seconds, not {args.buffer:g}")
+    if args.duration is not None and not 0 < args.duration < float("inf"):
+        raise UsageError(f"--duration must be a positive number of seconds, not {args.duration:g}")
     cfg = _config(args)
-    src = cfg.source
-    model = _load_model(cfg)
-    source: DeviceSource | StdinSource
-    if src.kind == "stdin":
-        if not src.rate:
-            raise UsageError("--source stdin needs --rate (raw PCM has no header)")
-        source = StdinSource(src.rate, src.channels or 1, src.channel)
-    else:
-        dev = resolve(src.device)
-        channels = src.channels or (src.channel + 1 if src.channel is not None else 1)
-        if channels > dev.channels:
-            raise UsageError(
-                f"device {dev.name!r} has {dev.channels} input channels, {channels} requested"
-            )
-        source = DeviceSource(
-            dev.index,
-            src.rate or dev.default_rate,
-            channels,
-            src.channel,
-            buffer_seconds=args.buffer,
-            duration=args.duration,
-        )
-        _LOGGER.info("listening on %d: %s at %d Hz", dev.index, dev.name, source.rate)
-    pipe = StreamPipeline(model, source.rate, src.stream, None, cfg.detector, _hop(cfg, model))
-    sinks = Sinks(cfg, model, JsonLines(args.scores), live=True)
-    sinks.stream_started(src.stream, model, pipe.detector.threshold)
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        if isinstance(source, DeviceSource):
-            source.stop()
-        else:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        for block in source.blocks():
-            _deliver(pipe.feed(block), sinks, None)
-            overflows = (
-                source.input_overflows + source.ring.overflowed
-                if isinstance(source, DeviceSource)
-                else 0
-            )
-            sinks.after_block(src.stream, pipe.stats, overflows)
-            if args.duration and pipe.stats.audio_seconds >= args.duration:
-                break
-    except KeyboardInterrupt:
-        _LOGGER.info("stopping")
-    finally:
-        _deliver(pipe.finish(), sinks, None)
-        sinks.stream_stopped(src.stream)
-        sinks.close()
-    _LOGGER.info(
-        "%s: %.1f s of audio, %d windows, %d anomaly events",
-        src.stream,
-        pipe.stats.audio_seconds,
-        pipe.stats.windows,
-        pipe.stats.anomaly_events,
+    for stream in cfg.all_streams():
+        if stream.model.path is None or stream.model.path == default_model_path():
+            _load_model(stream.model)  # the demo-model warning
+            break
+    daemon = Daemon(
+        cfg,
+        JsonLines(args.scores),
+        reload=(lambda: _config(args)) if args.config else None,
+        buffer_seconds=args.buffer,
+        duration=args.duration,
     )
-    return EXIT_OK
+    return daemon.run()
 
 
 def _record(args: argparse.Namespace) -> int:
@@ -467,7 +449,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "record":
             return _record(args)
         return _run(args)
-    except (UsageError, ModelError, ConfigError, DeviceError, MqttConfigError, ListenError) as err:
+    except (
+        UsageError,
+        ModelError,
+        ConfigError,
+        DeviceError,
+        MqttConfigError,
+        ListenError,
+        DaemonError,
+    ) as err:
         print(f"amulet-stream: error: {err}", file=sys.stderr)
         return EXIT_INPUT
     except BrokenPipeError:  # e.g. `| head`: the reader has what it wanted

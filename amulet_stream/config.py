@@ -2,48 +2,78 @@
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from .clips import ClipSettings
 from .detector import RENAMED, DetectorSettings
+from .integrity import IntegritySettings
 from .mqtt import MqttSettings
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the key."""
 
 
+STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""Stream ids: letters, digits, '_' and '-' (they become MQTT topic levels and HA ids)."""
+KINDS = ("device", "stdin", "file")
+
+
 @dataclass(frozen=True)
 class SourceConfig:
-    """[source]: where the audio comes from."""
+    """Where a stream's audio comes from."""
 
     kind: str = "device"
-    """'device' (sound card) or 'stdin' (raw S16_LE PCM)."""
+    """'device' (sound card), 'stdin' (raw S16_LE PCM) or 'file' (a wav played as a stream)."""
     device: str | int | None = None
     """Device name (or unique part of it) or index; None: the system default input."""
     rate: int | None = None
     """Capture rate in Hz; None: the device's default (stdin: required)."""
     channels: int | None = None
-    """Channels to open; None: all the device has (stdin: 1)."""
+    """Channels to open; None: enough for `channel` (stdin: 1)."""
     channel: int | None = None
     """0-based channel to use; None: down-mix."""
     stream: str = "default"
     """Stream id in every output line."""
+    path: Path | None = None
+    """kind 'file': the wav to play."""
+    realtime: bool = True
+    """kind 'file': pace at real time (False: as fast as it reads)."""
+    loop: bool = False
+    """kind 'file': start again at the end (a demo that never ends)."""
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
+        if not STREAM_ID.fullmatch(self.stream):
+            raise ValueError(
+                f"stream {self.stream!r}: use 1 to 64 letters, digits, '_' or '-' "
+                "(it becomes an MQTT topic level)"
+            )
         for key in ("rate", "channels"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"{key} must be a positive number, not {value}")
         if self.channel is not None and self.channel < 0:
             raise ValueError(f"channel is 0-based and cannot be negative ({self.channel})")
+        if self.channel is not None and self.channels is not None and self.channel >= self.channels:
+            raise ValueError(
+                f"channel {self.channel} does not exist when {self.channels} channel(s) are opened"
+            )
+        if self.kind == "file" and self.path is None:
+            raise ValueError("path is needed for kind = 'file' (the wav to play)")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """[model]: which model and how to run it."""
+    """Which model and how to run it."""
 
     path: Path | None = None
     threads: int = 1
@@ -53,8 +83,22 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.threads < 1:
             raise ValueError(f"threads must be at least 1, not {self.threads}")
-        if self.hop is not None and not 0 < self.hop <= 60:
-            raise ValueError(f"hop must be between 0 and 60 seconds, not {self.hop}")
+        if self.hop is not None and not 0.001 <= self.hop <= 60:
+            raise ValueError(f"hop must be between 0.001 and 60 seconds, not {self.hop}")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """One [[stream]]: a source, a model and detector settings."""
+
+    source: SourceConfig
+    model: ModelConfig
+    detector: DetectorSettings
+
+    @property
+    def id(self) -> str:
+        """The stream id."""
+        return self.source.stream
 
 
 @dataclass(frozen=True)
@@ -69,35 +113,84 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class DaemonConfig:
+    """[daemon]: how `run` keeps streams alive."""
+
+    state_dir: Path | None = None
+    """Where the daemon keeps state between starts; None: $STATE_DIRECTORY if set."""
+    stall_seconds: float = 5.0
+    """A source that delivers no audio this long is marked down and reopened."""
+    reopen_attempts: int = 10
+    """Exit (status 3, for systemd to restart) after this many failed reopens of every stream."""
+    reopen_max_seconds: float = 60.0
+    """Longest wait between reopen attempts (the backoff doubles from 1 s up to this)."""
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.stall_seconds <= 3600:
+            raise ValueError(f"stall_seconds must be in [0.5, 3600], not {self.stall_seconds}")
+        if self.reopen_attempts < 1:
+            raise ValueError(f"reopen_attempts must be at least 1, not {self.reopen_attempts}")
+        if not 1 <= self.reopen_max_seconds <= 3600:
+            raise ValueError(
+                f"reopen_max_seconds must be in [1, 3600], not {self.reopen_max_seconds}"
+            )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole file."""
 
     source: SourceConfig = field(default_factory=SourceConfig)
+    """[source]: the single stream's source, and defaults of every [[stream]]."""
     model: ModelConfig = field(default_factory=ModelConfig)
     detector: DetectorSettings = field(default_factory=DetectorSettings)
     mqtt: MqttSettings | None = None
     """None: no MQTT."""
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    streams: tuple[StreamConfig, ...] = ()
+    """[[stream]] tables; empty: one stream from [source], [model] and [detector]."""
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    clips: ClipSettings | None = None
+    """[clips]; None: no evidence clips."""
+    integrity: IntegritySettings = field(default_factory=IntegritySettings)
+
+    def all_streams(self) -> tuple[StreamConfig, ...]:
+        """The [[stream]] tables, or the single stream of [source]/[model]/[detector]."""
+        return self.streams or (StreamConfig(self.source, self.model, self.detector),)
 
 
+_DETECTOR: dict[str, tuple[type, ...]] = {
+    "sensitivity": (int, float),
+    "alert_seconds": (int, float),
+    "within_seconds": (int, float),
+    "burst_ratio": (int, float),
+    "burst_seconds": (int, float),
+    "clear_seconds": (int, float),
+    "clear_ratio": (int, float),
+}
+_SOURCE: dict[str, tuple[type, ...]] = {
+    "kind": (str,),
+    "device": (str, int),
+    "rate": (int,),
+    "channels": (int,),
+    "channel": (int,),
+    "stream": (str,),
+    "path": (str,),
+    "realtime": (bool,),
+    "loop": (bool,),
+}
+_MODEL: dict[str, tuple[type, ...]] = {"path": (str,), "threads": (int,), "hop": (int, float)}
 _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
-    "source": {
-        "kind": (str,),
-        "device": (str, int),
-        "rate": (int,),
-        "channels": (int,),
-        "channel": (int,),
-        "stream": (str,),
-    },
-    "model": {"path": (str,), "threads": (int,), "hop": (int, float)},
-    "detector": {
-        "sensitivity": (int, float),
-        "alert_seconds": (int, float),
-        "within_seconds": (int, float),
-        "burst_ratio": (int, float),
-        "burst_seconds": (int, float),
-        "clear_seconds": (int, float),
-        "clear_ratio": (int, float),
+    "source": _SOURCE,
+    "model": _MODEL,
+    "detector": _DETECTOR,
+    "stream": {
+        "id": (str,),
+        **{k: v for k, v in _SOURCE.items() if k != "stream"},
+        "model": (str,),
+        "threads": (int,),
+        "hop": (int, float),
+        "detector": (dict,),
     },
     "mqtt": {
         "host": (str,),
@@ -119,29 +212,90 @@ _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "discovery_prefix": (str,),
     },
     "metrics": {"listen": (str,), "submit": (bool,), "submit_limit_mb": (int, float)},
+    "daemon": {
+        "state_dir": (str,),
+        "stall_seconds": (int, float),
+        "reopen_attempts": (int,),
+        "reopen_max_seconds": (int, float),
+    },
+    "clips": {
+        "folder": (str,),
+        "before_seconds": (int, float),
+        "after_seconds": (int, float),
+        "max_count": (int,),
+        "max_mb": (int, float),
+    },
+    "integrity": {
+        "silence_dbfs": (int, float),
+        "clip_fraction": (int, float),
+        "dc_offset": (int, float),
+        "dropout_ms": (int, float),
+        "level_margin_db": (int, float),
+        "problem_seconds": (int, float),
+        "clear_seconds": (int, float),
+    },
 }
 
 
-def _section(path: Path, doc: dict[str, Any], name: str) -> dict[str, Any]:
-    table = doc.get(name, {})
+def _check(path: Path, table: Any, name: str, where: str) -> dict[str, Any]:
+    """Keys and types of one table (`where` names it in messages, e.g. 'stream[2]')."""
     if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [{name}] must be a table")
+        raise ConfigError(f"{path}: [{where}] must be a table")
     out: dict[str, Any] = {}
     for key, value in table.items():
-        types = _TYPES[name].get(key)
-        if name == "detector" and key in RENAMED:
+        if name in ("detector", "stream") and key in RENAMED:
             raise ConfigError(
-                f"{path}: detector.{key} counted windows and is gone: give durations in "
-                f"seconds with detector.{RENAMED[key]}"
+                f"{path}: {where}.{key} counted windows and is gone: give durations in "
+                f"seconds with {RENAMED[key]}"
             )
+        types = _TYPES[name].get(key)
         if types is None:
             known = ", ".join(_TYPES[name])
-            raise ConfigError(f"{path}: unknown key {name}.{key} (known: {known})")
+            raise ConfigError(f"{path}: unknown key {where}.{key} (known: {known})")
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-            want = " or ".join(t.__name__ for t in types)
-            raise ConfigError(f"{path}: {name}.{key} must be {want}, got {value!r}")
+            want = " or ".join("table" if t is dict else t.__name__ for t in types)
+            raise ConfigError(f"{path}: {where}.{key} must be {want}, got {value!r}")
         out[key] = value
     return out
+
+
+def build(cls: type[T], keys: dict[str, Any], where: str) -> T:
+    """cls(**keys); its ValueError (which starts with the field name) becomes a ConfigError
+    naming `where` and the key, e.g. 'FILE: stream 'm1'.rate must be ...'."""
+    try:
+        return cls(**keys)
+    except ValueError as err:
+        text = str(err)
+        sep = "." if text.split(" ", 1)[0] in keys else ": "
+        raise ConfigError(f"{where}{sep}{text}") from err
+
+
+def _resolve(path: Path, value: str) -> Path:
+    return (path.parent / os.path.expanduser(value)).resolve()
+
+
+def _stream(path: Path, table: Any, i: int, defaults: StreamConfig) -> StreamConfig:
+    """One [[stream]] table over the defaults of [source], [model] and [detector]."""
+    keys = _check(path, table, "stream", f"stream[{i + 1}]")
+    if "id" not in keys:
+        raise ConfigError(f'{path}: [[stream]] number {i + 1} needs an id (e.g. id = "pump-3")')
+    where = f"{path}: stream {keys['id']!r}"
+    src = {k: v for k, v in keys.items() if k in _SOURCE}
+    src["stream"] = keys["id"]
+    if "path" in src:
+        src["path"] = _resolve(path, src["path"])
+    source = build(SourceConfig, src, where)
+    mod: dict[str, Any] = {k: keys[k] for k in ("threads", "hop") if k in keys}
+    if "model" in keys:
+        mod["path"] = _resolve(path, keys["model"])
+    model = build(ModelConfig, {**_fields(defaults.model), **mod}, where)
+    det = _check(path, keys.get("detector", {}), "detector", f"stream {keys['id']!r}.detector")
+    detector = build(DetectorSettings, {**_fields(defaults.detector), **det}, f"{where}.detector")
+    return StreamConfig(source, model, detector)
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {k: getattr(obj, k) for k in obj.__dataclass_fields__}
 
 
 def load(path: Path) -> Config:
@@ -150,6 +304,8 @@ def load(path: Path) -> Config:
         doc = tomllib.loads(path.read_text())
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from err
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a TOML config is expected)") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
     unknown = set(doc) - set(_TYPES)
@@ -157,35 +313,51 @@ def load(path: Path) -> Config:
         raise ConfigError(
             f"{path}: unknown section [{sorted(unknown)[0]}] (known: {', '.join(_TYPES)})"
         )
-    src = _section(path, doc, "source")
-    if src.get("kind", "device") not in ("device", "stdin"):
-        raise ConfigError(f"{path}: source.kind must be 'device' or 'stdin'")
-    mod = _section(path, doc, "model")
-    if "path" in mod:
-        mod["path"] = (path.parent / mod["path"]).resolve()
-    try:
-        source, model = SourceConfig(**src), ModelConfig(**mod)
-    except ValueError as err:
-        section = "source" if str(err).split()[0] in src else "model"
-        raise ConfigError(f"{path}: {section}.{err}") from err
-    det_keys = _section(path, doc, "detector")
-    try:
-        det = DetectorSettings(**det_keys)
-    except ValueError as err:
-        raise ConfigError(f"{path}: [detector]: {err}") from err
-    mq = _section(path, doc, "mqtt")
+    sec = {name: _check(path, doc.get(name, {}), name, name) for name in _TYPES if name != "stream"}
+    src, mod = sec["source"], sec["model"]
+    for table in (src, mod):
+        if "path" in table:
+            table["path"] = _resolve(path, table["path"])
+    source = build(SourceConfig, src, f"{path}: source")
+    model = build(ModelConfig, mod, f"{path}: model")
+    det = build(DetectorSettings, sec["detector"], f"{path}: [detector]")
+    tables = doc.get("stream", [])
+    if not isinstance(tables, list):
+        raise ConfigError(f"{path}: write streams as [[stream]] tables (an array of tables)")
+    defaults = StreamConfig(source, model, det)
+    streams = tuple(_stream(path, t, i, defaults) for i, t in enumerate(tables))
+    ids = [s.id for s in streams]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ConfigError(f"{path}: stream id {dup[0]!r} is used twice")
+    if streams and src:
+        raise ConfigError(
+            f"{path}: [source] and [[stream]] both given: put each source in its [[stream]]"
+        )
+    mq = sec["mqtt"]
     for key in ("password_file", "ca_file", "cert_file", "key_file"):
         if key in mq:
-            mq[key] = (path.parent / mq[key]).resolve()
+            mq[key] = _resolve(path, mq[key])
     if mq.get("qos", 1) not in (0, 1, 2) or mq.get("queue_limit", 1) < 1:
         raise ConfigError(f"{path}: mqtt.qos must be 0, 1 or 2 and mqtt.queue_limit >= 1")
     if "password_file" in mq and "password_env" in mq:
         raise ConfigError(f"{path}: give mqtt.password_file or mqtt.password_env, not both")
-    met = _section(path, doc, "metrics")
+    dmn = sec["daemon"]
+    if "state_dir" in dmn:
+        dmn["state_dir"] = _resolve(path, dmn["state_dir"])
+    clips = sec["clips"]
+    if "clips" in doc and "folder" not in clips:
+        raise ConfigError(f"{path}: clips.folder is needed (where evidence clips go)")
+    if "folder" in clips:
+        clips["folder"] = _resolve(path, clips["folder"])
     return Config(
         source,
         model,
         det,
         MqttSettings(**mq) if "mqtt" in doc else None,
-        MetricsConfig(**met),
+        MetricsConfig(**sec["metrics"]),
+        streams,
+        build(DaemonConfig, dmn, f"{path}: daemon"),
+        build(ClipSettings, clips, f"{path}: clips") if "clips" in doc else None,
+        build(IntegritySettings, sec["integrity"], f"{path}: integrity"),
     )

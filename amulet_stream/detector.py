@@ -71,13 +71,20 @@ class Detector:
     ) -> None:
         self.settings = s = settings or DetectorSettings()
         self.threshold = effective_threshold(threshold, s.sensitivity)
-        self.state = NORMAL
+        self.state: str | None = None
+        """None until within_seconds of windows were seen: no made-up 'normal' at start."""
         self._need = windows_for(s.alert_seconds, hop_seconds)
         self._need_burst = windows_for(s.burst_seconds, hop_seconds)
         self._recent: deque[int] = deque(
             maxlen=max(self._need, windows_for(s.within_seconds, hop_seconds))
         )
         self._clear = windows_for(s.clear_seconds, hop_seconds)
+        self._calm = 0
+
+    def reset(self) -> None:
+        """Forget everything (the audio was not the motor's): no state until enough windows."""
+        self.state = None
+        self._recent.clear()
         self._calm = 0
 
     def is_anomalous(self, score: float) -> bool:
@@ -88,12 +95,15 @@ class Detector:
         """Add one window score; return the new state if it changed, else None."""
         strong = score > self.threshold * self.settings.burst_ratio
         self._recent.append(int(self.is_anomalous(score)) + int(strong))  # 0, 1 or 2
-        if self.state == NORMAL:
+        if self.state != ANOMALY:
             above = sum(x > 0 for x in self._recent)
             if above >= self._need or sum(x > 1 for x in self._recent) >= self._need_burst:
                 self.state = ANOMALY
                 self._calm = 0
                 return ANOMALY
+            if self.state is None and len(self._recent) == self._recent.maxlen:
+                self.state = NORMAL
+                return NORMAL
             return None
         calm = score <= self.threshold * self.settings.clear_ratio
         self._calm = self._calm + 1 if calm else 0

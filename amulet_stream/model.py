@@ -155,6 +155,31 @@ class Model:
             out[i : i + b] = np.asarray(res, dtype=np.float32).reshape(-1)
         return out[pos : pos + m]
 
+    def score_many(self, parts: list[tuple[F32, int]]) -> list[F32]:
+        """Several streams' vectors in one onnxruntime call: part k is (vectors (m_k, D), index
+        of its first vector in its stream); returns each part's scores (m_k,).
+
+        Each part sits in its own zero-padded BATCH-aligned rows at the same row positions as
+        in score_vectors (onnxruntime gives a row the same result in a batch of 32 x k rows as
+        in one of 32 for our models: checked by tests/test_daemon.py)."""
+        if len(parts) == 1:
+            return [self.score_vectors(*parts[0])]
+        b = BATCH
+        spans = [(first % b, vectors.shape[0]) for vectors, first in parts]
+        rows = [-(-(pos + m) // b) * b for pos, m in spans]
+        padded = np.zeros((sum(rows), self.profile.dim), dtype=np.float32)
+        at = 0
+        for (vectors, _), (pos, m), n in zip(parts, spans, rows, strict=True):
+            padded[at + pos : at + pos + m] = vectors
+            at += n
+        res = self._session.run([OUTPUT_NAME], {INPUT_NAME: padded})[0]
+        out = np.asarray(res, dtype=np.float32).reshape(-1)
+        scores, at = [], 0
+        for (pos, m), n in zip(spans, rows, strict=True):
+            scores.append(out[at + pos : at + pos + m].copy())
+            at += n
+        return scores
+
     def info(self) -> dict[str, Any]:
         """Metadata plus file facts, for `amulet-stream info` (parity inputs left out)."""
         doc = dict(self.meta.raw)

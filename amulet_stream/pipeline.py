@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,7 @@ import numpy.typing as npt
 
 from .detector import Detector, DetectorSettings
 from .frames import VectorStream
+from .integrity import Change, IntegrityCheck
 from .model import Model
 from .resample import StreamResampler
 from .sources import Block, FileSource
@@ -64,6 +66,8 @@ def verdict(stats: StreamStats) -> str:
 class StreamPipeline:
     """Scores one stream; feed() returns the records (scores and state changes) it produced.
 
+    feed() = score(take(block)); the daemon calls take() for every stream, scores the vectors
+    of all streams sharing a model in one onnxruntime call, then hands each its scores.
     Not thread-safe: one pipeline per stream, fed from one thread."""
 
     def __init__(
@@ -74,14 +78,17 @@ class StreamPipeline:
         file: str | None = None,
         settings: DetectorSettings | None = None,
         hop: int | None = None,
+        integrity: IntegrityCheck | None = None,
     ) -> None:
-        """`hop`: vectors between window starts (default: the profile's serving hop)."""
+        """`hop`: vectors between window starts (default: the profile's serving hop);
+        `integrity`: the input checks at the source rate (None: none)."""
         self.model = model
         self.profile = p = model.profile
         self.stream = stream
         self.file = file
         self.hop = hop or p.hop_vectors
         self.detector = Detector(model.threshold, self.hop * p.step / p.rate, settings)
+        self.integrity = integrity
         self.resampler = StreamResampler(source_rate, p.rate)
         if not self.resampler.passthrough:
             _LOGGER.info(
@@ -90,8 +97,11 @@ class StreamPipeline:
         self.vectors = VectorStream(p)
         self.windows = WindowMeans(p.vectors, self.hop)
         self.stats = StreamStats()
+        self.state: str | None = None
+        """The stream's state as last announced: None until the first state record."""
         self._source_rate = source_rate
         self._t0: float | None = None  # capture time of the stream's first sample
+        self._pending: list[Record] = []  # input-problem records of the latest block
 
     def unit_times(self, index: int) -> tuple[float, float]:
         """(start, end) in seconds from the stream start of window `index`.
@@ -106,6 +116,10 @@ class StreamPipeline:
 
     def feed(self, block: Block) -> list[Record]:
         """Process one source block; return the records it completed."""
+        return self.score(self.take(block))
+
+    def take(self, block: Block) -> F32:
+        """Levels, input checks, resampling and features of one block: its new vectors (n, D)."""
         if self._t0 is None:
             self._t0 = block.capture_time
         samples = block.samples
@@ -115,12 +129,38 @@ class StreamPipeline:
             rms = float(np.sqrt(np.mean(finite.astype(np.float64) ** 2))) if finite.size else 0.0
             self.stats.level_dbfs = 20.0 * np.log10(max(rms, 1e-6))
             self.stats.clipped += int(np.count_nonzero(np.abs(finite) >= 0.999))
-        return self._score(self.vectors.push(self.resampler.process(samples)))
+        if self.integrity is not None:
+            for index, change in self.integrity.push(samples):
+                self._input_change(index, change)
+        return self.vectors.push(self.resampler.process(samples))
+
+    def score(self, vectors: F32, scores: F32 | None = None) -> list[Record]:
+        """Window scores and state changes from new vectors (n, D) and, when the caller has
+        already scored them, their scores (n,); else the model scores them here."""
+        records, self._pending = self._pending, []
+        if vectors.shape[0] == 0:
+            return records
+        t_batch = time.perf_counter()
+        if scores is None:
+            clean, first = self.model_input(vectors)
+            scores = self.model.score_vectors(clean, first)
+        scores = np.where(np.isfinite(vectors).all(axis=1), scores, np.float32(np.nan))
+        return records + self._windows(scores.astype(np.float32), t_batch)
+
+    def model_input(self, vectors: F32) -> tuple[F32, int]:
+        """The vectors as the model takes them (NaN/inf rows zeroed) and the stream index of the
+        first one (scores depend on it: see Model.score_vectors)."""
+        first = self.vectors.vectors - vectors.shape[0]
+        bad = ~np.isfinite(vectors).all(axis=1)
+        if bad.any():
+            vectors = vectors.copy()
+            vectors[bad] = 0.0
+        return vectors, first
 
     def finish(self) -> list[Record]:
         """End of stream: flush the resampler and the last (padded) frames."""
-        records = self._score(self.vectors.push(self.resampler.flush()))
-        records += self._score(self.vectors.finish())
+        records = self.score(self.vectors.push(self.resampler.flush()))
+        records += self.score(self.vectors.finish())
         if self.stats.windows + self.stats.skipped_windows == 0:
             self.stats.too_short = True
             _LOGGER.warning("%s: %s", self.file or self.stream, self.too_short_message())
@@ -135,17 +175,39 @@ class StreamPipeline:
             f"the model needs at least {need:.2f} s"
         )
 
-    def _score(self, vectors: F32) -> list[Record]:
-        if vectors.shape[0] == 0:
-            return []
-        t_batch = time.perf_counter()
-        first = self.vectors.vectors - vectors.shape[0]
-        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
-        if bad.size:
-            vectors = vectors.copy()
-            vectors[bad] = 0.0
-        scores = self.model.score_vectors(vectors, first)
-        scores[bad] = np.nan
+    def _state(self, event: str, base: Record, when: float | None, **extra: Any) -> Record:
+        """A state-change record (with its event_id and UTC time)."""
+        self.state = event
+        return {
+            "event": event,
+            **base,
+            "time": utc_iso(when),
+            "event_id": str(uuid.uuid4()),
+            **extra,
+        }
+
+    def _input_change(self, index: int, change: Change) -> None:
+        """An input-integrity change at source sample `index`: input_problem or back to ok."""
+        self.detector.reset()
+        if change.state == "ok":
+            _LOGGER.info("%s: input ok again: %s", self.file or self.stream, change.detail)
+            return  # the detector announces the next state once it has seen enough audio
+        t = index / self._source_rate
+        when = None if self._t0 is None else self._t0 + t
+        base = {
+            "stream": self.stream,
+            "file": self.file,
+            "start": round(t, 4),
+            "end": round(t, 4),
+            "score": None,
+            "threshold": self.detector.threshold,
+        }
+        _LOGGER.warning("%s: input problem: %s", self.file or self.stream, change.detail)
+        self._pending.append(
+            self._state("input_problem", base, when, reason=change.reason, detail=change.detail)
+        )
+
+    def _windows(self, scores: F32, t_batch: float) -> list[Record]:
         means, index = self.windows.push(scores)
         self.stats.inference.append(time.perf_counter() - t_batch)
         finite = np.isfinite(means)
@@ -178,12 +240,16 @@ class StreamPipeline:
                 "threshold": thr,
             }
             records.append({"event": "score", **base, "anomaly": flag})
+            if self.integrity is not None and self.integrity.troubled(
+                round(t_start * self._source_rate), round(t_end * self._source_rate)
+            ):
+                continue  # the input is not the motor's: the detector does not see it
             change = self.detector.update(score)
             if change is not None:
                 end_sample = p.offset + i * self.hop * p.step + p.span
                 when = None if self._t0 is None else self._t0 + end_sample / p.rate
                 self.stats.anomaly_events += int(change == "anomaly")
-                records.append({"event": change, **base, "time": utc_iso(when)})
+                records.append(self._state(change, base, when))
         return records
 
     def summary(self, processing_seconds: float) -> Record:

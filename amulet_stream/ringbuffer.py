@@ -11,17 +11,19 @@ F32 = npt.NDArray[np.float32]
 
 
 class RingBuffer:
-    """Fixed-capacity mono float32 FIFO; never grows.
+    """Fixed-capacity float32 FIFO of frames (mono, or `channels` wide); never grows.
 
     Thread-safety: one writer (the audio callback) and one reader. write() never blocks and
     never allocates: when the reader falls behind, the incoming samples that do not fit are
     dropped and counted in `overflowed`. read() waits up to a timeout for data."""
 
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be positive")
+    def __init__(self, capacity: int, channels: int = 1) -> None:
+        """`capacity` in frames; with channels > 1 frames are rows of (frames, channels)."""
+        if capacity < 1 or channels < 1:
+            raise ValueError("capacity and channels must be positive")
         self.capacity = capacity
-        self._data = np.zeros(capacity, dtype=np.float32)
+        shape = (capacity,) if channels == 1 else (capacity, channels)
+        self._data = np.zeros(shape, dtype=np.float32)
         self._written = 0  # total samples written (monotonic)
         self._read = 0  # total samples read
         self.overflowed = 0
@@ -50,7 +52,7 @@ class RingBuffer:
         return n
 
     def read(self, max_samples: int, timeout: float | None = None) -> F32:
-        """Take up to max_samples (a new array), waiting up to `timeout` s when empty."""
+        """Take up to max_samples frames (a new array), waiting up to `timeout` s when empty."""
         if self.available == 0:
             self._ready.clear()
             if self.available == 0:
@@ -58,7 +60,7 @@ class RingBuffer:
         n = min(max_samples, self.available)
         pos = self._read % self.capacity
         first = min(n, self.capacity - pos)
-        out = np.empty(n, dtype=np.float32)
+        out = np.empty((n, *self._data.shape[1:]), dtype=np.float32)
         out[:first] = self._data[pos : pos + first]
         out[first:] = self._data[: n - first]
         self._read += n

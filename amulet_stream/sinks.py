@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -21,15 +22,24 @@ _LOGGER = logging.getLogger(__name__)
 class Sinks:
     """Fan-out of every record; none of them blocks the processing loop."""
 
-    def __init__(self, cfg: Config, model: Model, out: JsonLines | None, live: bool) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        model: Model,
+        out: JsonLines | None,
+        live: bool,
+        state_dir: Path | None = None,
+    ) -> None:
+        """`model` answers /submit; `state_dir` keeps what MQTT announced between starts."""
         self.out = out
-        self.mqtt = MqttSink(cfg.mqtt, model.sha256) if cfg.mqtt is not None else None
+        self.mqtt = MqttSink(cfg.mqtt, state_dir) if cfg.mqtt is not None else None
         self.registry: CollectorRegistry | None = None
         self.metrics: Metrics | None = None
         self._server: Any = None
         self._clipped: dict[str, int] = {}
         self._overflows: dict[str, int] = {}
-        self._mqtt_dropped = 0
+        self._mqtt_dropped: dict[str, int] = {}
+        self._mqtt_failures = 0
         if cfg.metrics.listen is not None:
             self.registry = CollectorRegistry()
             self.metrics = Metrics(self.registry)
@@ -50,18 +60,52 @@ class Sinks:
     def stream_started(self, stream: str, model: Model, threshold: float) -> None:
         """A stream begins: retained state, discovery, labelled metrics."""
         if self.mqtt is not None:
-            self.mqtt.add_stream(stream, threshold)
+            self.mqtt.add_stream(stream, threshold, model.sha256)
         if self.metrics is not None:
             self.metrics.stream_started(stream, model.sha256, model.profile.name, threshold)
             self.metrics.source_up.labels(stream).set(1)
             self.metrics.ready = True
 
+    def prune(self, streams: set[str]) -> None:
+        """Forget (in Home Assistant) streams announced before and no longer configured."""
+        if self.mqtt is not None:
+            self.mqtt.prune(streams)
+
+    def stream_removed(self, stream: str) -> None:
+        """A stream left the config on reload: its entities go, its metrics stop."""
+        if self.mqtt is not None:
+            self.mqtt.remove_stream(stream)
+        if self.metrics is not None:
+            self.metrics.stream_removed(stream)
+
+    def stream_up(self, stream: str) -> None:
+        """Audio flows again after the source was down."""
+        if self.metrics is not None:
+            self.metrics.source_up.labels(stream).set(1)
+
+    def source_reopened(self, streams: list[str]) -> None:
+        """An attempt to reopen the source these streams share."""
+        if self.metrics is not None:
+            for stream in streams:
+                self.metrics.source_reopens.labels(stream).inc()
+
+    def clips(self, stream: str, written: int, failed: int) -> None:
+        """Evidence clips of a stream just written or failed."""
+        if self.metrics is not None:
+            self.metrics.clips.labels(stream).inc(written)
+            self.metrics.clip_errors.labels(stream).inc(failed)
+
+    def reloaded(self, result: str) -> None:
+        """A reload ('ok') or a refused config or model ('refused')."""
+        if self.metrics is not None:
+            self.metrics.model_reloads.labels(result).inc()
+
     def record(self, rec: Record) -> None:
-        """One pipeline record to every sink."""
-        if self.out is not None:
-            self.out.emit(rec)
+        """One pipeline record to every sink (MQTT first: it queues the alert)."""
         if self.mqtt is not None:
             self.mqtt.publish_record(rec)
+        if self.out is not None:
+            self.out.emit(rec)
         if self.metrics is not None:
             self.metrics.record(rec)
 
@@ -84,17 +128,21 @@ class Sinks:
         if self.mqtt is not None:
             m.mqtt_connected.set(int(self.mqtt.connected))
             m.mqtt_queued.set(self.mqtt.queued())
-            m.mqtt_dropped.inc(self.mqtt.dropped - self._mqtt_dropped)
-            self._mqtt_dropped = self.mqtt.dropped
+            for kind, n in list(self.mqtt.dropped_by_kind.items()):
+                m.mqtt_dropped.labels(kind).inc(n - self._mqtt_dropped.get(kind, 0))
+                self._mqtt_dropped[kind] = n
+            failures = self.mqtt.connect_failures
+            m.mqtt_connect_failures.inc(failures - self._mqtt_failures)
+            self._mqtt_failures = failures
 
     def stream_stopped(self, stream: str) -> None:
         """The source ended."""
         if self.metrics is not None:
             self.metrics.source_up.labels(stream).set(0)
 
-    def close(self) -> None:
-        """Flush MQTT (a few seconds at most), stop the listener."""
-        if self.mqtt is not None:
-            self.mqtt.close()
+    def close(self, timeout: float = 5.0) -> int:
+        """Flush MQTT (`timeout` s at most), stop the listener; return MQTT messages left."""
+        left = self.mqtt.close(timeout) if self.mqtt is not None else 0
         if self._server is not None:
             self._server.shutdown()
+        return left

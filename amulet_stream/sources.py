@@ -27,7 +27,8 @@ cost, dominates a live stream's CPU use, and a window lasts 1 s anyway."""
 
 @dataclass(frozen=True)
 class Block:
-    """Mono float32 samples at the source's rate, and the capture time of the first one."""
+    """Float32 samples at the source's rate, mono (n,) or, from a source opened with
+    `keep_channels`, (n, channels); and the capture time of the first one."""
 
     samples: F32
     capture_time: float | None
@@ -37,7 +38,13 @@ class Block:
 class FileSource:
     """A wav file as a stream: as fast as possible, or paced at `speed` x real time."""
 
-    def __init__(self, info: WavInfo, channel: int | None = None, speed: float | None = None):
+    def __init__(
+        self,
+        info: WavInfo,
+        channel: int | None = None,
+        speed: float | None = None,
+        keep_channels: bool = False,
+    ):
         if channel is not None and channel >= info.channels:
             raise ValueError(f"{info.path}: channel {channel} does not exist ({info.channels})")
         self.info = info
@@ -45,6 +52,12 @@ class FileSource:
         self.name = str(info.path)
         self.channel = channel
         self.speed = speed
+        self.keep_channels = keep_channels
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Ask blocks() to end (from another thread)."""
+        self._stop.set()
 
     def blocks(self) -> Iterator[Block]:
         """Blocks of 0.1 s when paced, 64 Ki frames otherwise."""
@@ -54,11 +67,10 @@ class FileSource:
         for raw in iter_blocks(self.info, frames):
             if self.speed:
                 due = t0 + (done + raw.shape[0]) / self.rate / self.speed
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+                if self._stop.wait(max(0.0, due - time.monotonic())):
+                    return
             done += raw.shape[0]
-            yield Block(select_channel(raw, self.channel), None)
+            yield Block(raw if self.keep_channels else select_channel(raw, self.channel), None)
 
 
 def iter_mono(info: WavInfo, rate: int, channel: int | None = None) -> Iterator[F32]:
@@ -84,10 +96,12 @@ class StdinSource:
         channels: int = 1,
         channel: int | None = None,
         stream: BinaryIO | None = None,
+        keep_channels: bool = False,
     ) -> None:
         self.rate = rate
         self.channels = channels
         self.channel = channel
+        self.keep_channels = keep_channels
         self.name = "stdin"
         self._stream = stream or sys.stdin.buffer
 
@@ -102,7 +116,9 @@ class StdinSource:
             ints = ints.reshape(-1, self.channels)
             if t_start is None:
                 t_start = time.time() - ints.shape[0] / self.rate
-            block = select_channel(ints.astype(np.float32) / 32768.0, self.channel)
+            block = ints.astype(np.float32) / 32768.0
+            if not self.keep_channels:
+                block = select_channel(block, self.channel)
             yield Block(block, t_start + done / self.rate)
             done += ints.shape[0]
 
@@ -119,6 +135,7 @@ class DeviceSource:
         blocksize: int = 0,
         buffer_seconds: float = 10.0,
         duration: float | None = None,
+        keep_channels: bool = False,
     ) -> None:
         self.device = device
         self.rate = rate
@@ -126,8 +143,9 @@ class DeviceSource:
         self.channel = channel
         self.blocksize = blocksize
         self.duration = duration
+        self.keep_channels = keep_channels and channels > 1
         self.name = f"device:{device}"
-        self.ring = RingBuffer(int(rate * buffer_seconds))
+        self.ring = RingBuffer(int(rate * buffer_seconds), channels if self.keep_channels else 1)
         self.input_overflows = 0
         """PortAudio input-overflow flags seen (samples lost before they reached us)."""
         self._stop = threading.Event()
@@ -135,7 +153,9 @@ class DeviceSource:
     def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
         if status.input_overflow:
             self.input_overflows += 1
-        if self.channel is None and self.channels > 1:
+        if self.keep_channels:
+            self.ring.write(indata)
+        elif self.channel is None and self.channels > 1:
             self.ring.write(indata.mean(axis=1))
         else:
             self.ring.write(indata[:, self.channel or 0])
@@ -168,7 +188,7 @@ class DeviceSource:
                 burst.check(self.input_overflows, self.ring.overflowed)
                 if block.size:
                     yield Block(block, t_start + done / self.rate)
-                    done += block.size
+                    done += block.shape[0]
 
 
 class _BurstLog:

@@ -18,6 +18,7 @@ import tensorflow as tf
 from numpy.lib.stride_tricks import sliding_window_view
 
 from amulet_stream.features import PROFILES, Profile
+from amulet_stream.integrity import block_levels, level_summary
 from amulet_stream.model import Model
 from amulet_stream.pipeline import StreamPipeline, replay
 from amulet_stream.pipeline import verdict as pipeline_verdict
@@ -165,6 +166,30 @@ def _window_scores(vec_scores: F32, data: dataset.Dataset, pick: I64, per_window
         inside = sliding_window_view(m, per_window).all(axis=1)
         out.append(means[inside].astype(np.float32))
     return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def _input_levels(cfg: TrainConfig) -> dict[str, float]:
+    """Distribution of the 0.25 s block RMS (dBFS) of the training audio as the monitor's input
+    checks see it: each file's mono samples (channel or down-mix) at its own rate, no gain
+    augmentation; p1..p99 is the level range the monitor holds live input to."""
+    levels = []
+    for path in cfg.inputs:
+        try:
+            source = FileSource(read_info(path), cfg.channel)
+        except (WavError, ValueError) as err:
+            raise InputError(str(err)) from err
+        levels.append(block_levels((b.samples for b in source.blocks()), source.rate))
+    doc = level_summary(np.concatenate(levels))
+    _LOGGER.info(
+        "input level of the training audio (0.25 s blocks): median %.1f dBFS, p1..p99 "
+        "%.1f..%.1f dBFS, min %.1f, max %.1f",
+        doc["p50"],
+        doc["p1"],
+        doc["p99"],
+        doc["min"],
+        doc["max"],
+    )
+    return doc
 
 
 def _predict(cfg: TrainConfig, model_path: Path, stage: Path) -> str:
@@ -393,6 +418,7 @@ def _train_into(
             "held_out": threshold.distribution(held_windows),
         },
         "fingerprint": data.fingerprint,
+        "input_level_dbfs": _input_levels(cfg),
         "training": {
             "files": data.files,
             "seconds": round(data.seconds, 3),

@@ -59,7 +59,7 @@ def replayed(seed_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 
 def test_healthy_real_recording_raises_no_alert(replayed: dict[str, list[dict]]) -> None:
     lines = replayed["healthy"]
-    assert [r["event"] for r in lines] == ["summary"]
+    assert [r["event"] for r in lines] == ["normal", "summary"]
     assert lines[-1]["verdict"] == "good" and lines[-1]["windows"] > 30
 
 

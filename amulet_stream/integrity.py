@@ -1,0 +1,355 @@
+"""Input integrity: silence, dropouts, clipping, DC offset and level of the source's mono audio,
+judged in 0.25 s blocks apart from (and before) the model."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+_LOGGER = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+REASONS = ("silence", "dropout", "clipping", "dc_offset", "level_low", "level_high")
+"""Input problems, highest priority first: when several hold, the first one is reported."""
+BLOCK_SECONDS = 0.25
+FULL_SCALE = 0.999
+"""|x| at or above this counts as clipped (16-bit +32767 is 0.99997)."""
+RMS_FLOOR = 1e-6
+"""RMS floor: digital zeros read -120 dBFS, as the level metric does."""
+_CHUNK = 64
+"""Blocks judged per vectorised step: bounds the scratch memory of a long push."""
+_SPANS = 4096
+"""Troubled block spans kept for troubled(): old ones are forgotten beyond this many."""
+
+
+@dataclass(frozen=True)
+class IntegritySettings:
+    """Limits of the input checks; the defaults come from the measurements in the report."""
+
+    silence_dbfs: float = -80.0
+    """Block RMS below this (dBFS) is silence: digital zeros or an idle input's noise floor."""
+    clip_fraction: float = 0.001
+    """Fraction of a block's samples at |x| >= 0.999 above which the block is clipped."""
+    dc_offset: float = 0.02
+    """|mean| of a block, as a fraction of full scale, above which it has a DC offset."""
+    dropout_ms: float = 20.0
+    """A run of exact zeros this long (ms) inside audio is a dropout."""
+    level_margin_db: float = 20.0
+    """Block RMS this far (dB) below p1 / above p99 of the model's training audio is off-level."""
+    problem_seconds: float = 1.0
+    """A condition must hold this long (s of audio, consecutive blocks) to raise a problem."""
+    clear_seconds: float = 2.0
+    """Clean audio this long (s) clears a problem."""
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("silence_dbfs", -200.0 < self.silence_dbfs < 0.0, "be between -200 and 0 dBFS"),
+            ("clip_fraction", 0.0 < self.clip_fraction < 1.0, "be between 0 and 1"),
+            ("dc_offset", 0.0 < self.dc_offset < 1.0, "be between 0 and 1 (of full scale)"),
+            ("dropout_ms", 0.0 < self.dropout_ms <= 10000.0, "be between 0 and 10000 ms"),
+            ("level_margin_db", 0.0 <= self.level_margin_db < 200.0, "be between 0 and 200 dB"),
+            ("problem_seconds", 0.0 < self.problem_seconds <= 3600.0, "be between 0 and 3600 s"),
+            ("clear_seconds", 0.0 < self.clear_seconds <= 3600.0, "be between 0 and 3600 s"),
+        )
+        for name, ok, rule in checks:
+            if not ok:  # also False for NaN
+                raise ValueError(f"{name} must {rule}, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class Change:
+    """A change of the input's state."""
+
+    state: str
+    """'input_problem' or 'ok'."""
+    reason: str | None
+    """One of REASONS for input_problem, None for ok."""
+    detail: str
+    """Human text, e.g. 'digital zeros (RMS -120 dBFS) for 1.0 s'."""
+
+
+def block_size(rate: int) -> int:
+    """Samples in one analysis block (0.25 s) at `rate` Hz."""
+    return max(1, round(rate * BLOCK_SECONDS))
+
+
+def _dbfs(rms: F64) -> F64:
+    """RMS (linear, full scale 1) -> dBFS, floored at -120."""
+    return np.asarray(20.0 * np.log10(np.maximum(rms, RMS_FLOOR)), np.float64)
+
+
+@dataclass(frozen=True)
+class _Stats:
+    """Per-block measurements of nb whole blocks: arrays (nb,)."""
+
+    valid: npt.NDArray[np.bool_]
+    """The block holds at least one finite sample (others are not judged)."""
+    rms_dbfs: F64
+    mean: F64
+    clipped: F64
+    """Fraction of finite samples at |x| >= FULL_SCALE."""
+
+
+def _measure(blocks: F32) -> _Stats:
+    """Level, mean and clipped fraction of each row of (nb, n) samples, NaN/inf left out."""
+    finite = np.isfinite(blocks)
+    if finite.all():
+        count = np.full(blocks.shape[0], blocks.shape[1], np.float64)
+        v = blocks.astype(np.float64)
+    else:
+        count = finite.sum(axis=1).astype(np.float64)
+        v = np.where(finite, blocks, 0.0).astype(np.float64)
+    n = np.maximum(count, 1.0)
+    rms = np.sqrt((v * v).sum(axis=1) / n)
+    clipped = (np.abs(v) >= FULL_SCALE).sum(axis=1) / n
+    return _Stats(count > 0, _dbfs(rms), v.sum(axis=1) / n, clipped)
+
+
+class _Blocker:
+    """Samples of any length -> whole blocks (nb, n), in order; keeps the partial tail."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._tail = np.zeros(0, np.float32)
+
+    def push(self, samples: F32) -> F32:
+        """Add mono samples; return the blocks (nb, n) they completed."""
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim != 1:
+            raise ValueError(f"integrity checks take mono samples, got shape {x.shape}")
+        data = np.concatenate([self._tail, x]) if self._tail.size else x
+        nb = data.size // self.n
+        self._tail = data[nb * self.n :].copy()
+        return data[: nb * self.n].reshape(nb, self.n)
+
+
+def block_levels(blocks: Iterable[F32], rate: int) -> F64:
+    """RMS in dBFS (floor -120) of every whole 0.25 s block of a mono stream given in pieces of
+    any length at `rate` Hz, NaN/inf left out (blocks without a finite sample skipped)."""
+    blocker = _Blocker(block_size(rate))
+    out: list[F64] = []
+    for piece in blocks:
+        whole = blocker.push(piece)
+        for i in range(0, whole.shape[0], _CHUNK):
+            stats = _measure(whole[i : i + _CHUNK])
+            out.append(stats.rms_dbfs[stats.valid])
+    return np.concatenate(out) if out else np.zeros(0, np.float64)
+
+
+def level_summary(levels: F64) -> dict[str, float]:
+    """Distribution of block levels (dBFS) as stored in a model: p1, p50, p99, min, max (0.1 dB)."""
+    if levels.size == 0:
+        raise ValueError("no whole 0.25 s block of audio to measure the input level on")
+    p1, p50, p99 = np.percentile(levels, [1.0, 50.0, 99.0])
+    values = {"p1": p1, "p50": p50, "p99": p99, "min": levels.min(), "max": levels.max()}
+    return {k: round(float(v), 1) for k, v in values.items()}
+
+
+def level_range(meta_raw: dict[str, Any]) -> tuple[float, float] | None:
+    """(p1, p99) dBFS of the model's training audio from its metadata; None for models
+    without it (older models, AMULET imports). Raises ValueError when it is malformed."""
+    doc = meta_raw.get("input_level_dbfs")
+    if doc is None:
+        return None
+    lo = doc.get("p1") if isinstance(doc, dict) else None
+    hi = doc.get("p99") if isinstance(doc, dict) else None
+    if (
+        isinstance(lo, (int, float))
+        and isinstance(hi, (int, float))
+        and math.isfinite(lo)
+        and math.isfinite(hi)
+        and lo <= hi
+    ):
+        return float(lo), float(hi)
+    raise ValueError(f"input_level_dbfs in the model metadata needs numbers p1 <= p99, got {doc!r}")
+
+
+class IntegrityCheck:
+    """Judges mono float32 audio at `rate` Hz in 0.25 s analysis blocks anchored at the stream's
+    first sample. Results do not depend on how the samples are split into pushes.
+
+    Starts without a problem and announces only changes: 'input_problem' (a reason held for
+    problem_seconds of consecutive blocks, or another reason replaced it), 'ok' (clean for
+    clear_seconds). Blocks without a finite sample are skipped. Not thread-safe."""
+
+    def __init__(
+        self,
+        rate: int,
+        level_range: tuple[float, float] | None,
+        settings: IntegritySettings | None = None,
+    ) -> None:
+        if rate < 1:
+            raise ValueError(f"rate {rate} Hz must be positive")
+        if level_range is not None and not level_range[0] <= level_range[1]:
+            raise ValueError(f"level_range {level_range} must be (low, high) with low <= high")
+        self.rate = rate
+        self.level_range = level_range
+        self.settings = s = settings or IntegritySettings()
+        self.block = block_size(rate)
+        self._need = max(1, math.ceil(s.problem_seconds / BLOCK_SECONDS - 1e-9))
+        self._clear = max(1, math.ceil(s.clear_seconds / BLOCK_SECONDS - 1e-9))
+        self._dropout = max(1, round(s.dropout_ms * rate / 1000.0))
+        self._blocker = _Blocker(self.block)
+        self._zero_run = 0  # exact zeros at the end of the judged audio
+        self._blocks = 0  # blocks judged
+        self.problem: str | None = None
+        """The current reason (one of REASONS), or None."""
+        self._bad = 0  # consecutive bad blocks
+        self._good = 0  # consecutive good blocks while in a problem
+        self._recent: deque[tuple[int, float, float, float, int]] = deque(maxlen=self._need)
+        self._spans: deque[list[int]] = deque(maxlen=_SPANS)  # [first, end) troubled blocks
+
+    @property
+    def judged(self) -> int:
+        """Samples judged so far (whole blocks); later samples wait for their block to fill."""
+        return self._blocks * self.block
+
+    def push(self, samples: F32) -> list[tuple[int, Change]]:
+        """Add mono float32 samples of any length; return the changes with the sample index
+        (from the stream start) where each takes effect: the end of the block that decided it."""
+        whole = self._blocker.push(samples)
+        changes: list[tuple[int, Change]] = []
+        for i in range(0, whole.shape[0], _CHUNK):
+            changes += self._judge(whole[i : i + _CHUNK])
+        return changes
+
+    def troubled(self, start: int, end: int) -> bool:
+        """Whether samples [start, end) touch a block that was bad or judged while a problem
+        stood; samples not yet judged count as the current state."""
+        if end <= start:
+            return False
+        first, last = max(start, 0) // self.block, (end - 1) // self.block
+        hi = min(last, self._blocks - 1)
+        for a, b in reversed(self._spans):
+            if b <= first:
+                break
+            if a <= hi:
+                return True
+        return last >= self._blocks and self.problem is not None
+
+    def _gaps(self, flat: F32, nb: int) -> tuple[npt.NDArray[np.bool_], I64]:
+        """Per block: does it hold a run of exact zeros of dropout length or more, and how many
+        such runs reach that length in it (runs carry over from earlier blocks)."""
+        zero = flat == 0.0
+        if not zero.any():
+            self._zero_run = 0
+            return np.zeros(nb, bool), np.zeros(nb, np.int64)
+        idx = np.arange(flat.size, dtype=np.int64)
+        last_nonzero = np.maximum.accumulate(np.where(zero, -1, idx))
+        run = np.where(zero, idx - last_nonzero, 0)
+        run[last_nonzero < 0] += self._zero_run
+        self._zero_run = int(run[-1])
+        long = (run >= self._dropout).reshape(nb, -1)
+        reached = (run == self._dropout).reshape(nb, -1).sum(axis=1)
+        return np.asarray(long.any(axis=1), bool), reached.astype(np.int64)
+
+    def _judge(self, blocks: F32) -> list[tuple[int, Change]]:
+        """State changes from whole blocks (nb, n)."""
+        nb, s = blocks.shape[0], self.settings
+        stats = _measure(blocks)
+        has_gap, gaps = self._gaps(blocks.reshape(-1), nb)
+        db = stats.rms_dbfs
+        lo, hi = self.level_range or (-math.inf, math.inf)
+        cond = np.stack(
+            [
+                db < s.silence_dbfs,
+                has_gap,
+                stats.clipped > s.clip_fraction,
+                np.abs(stats.mean) > s.dc_offset,
+                db < lo - s.level_margin_db,
+                db > hi + s.level_margin_db,
+            ],
+            axis=1,
+        )
+        top = np.where(cond.any(axis=1), cond.argmax(axis=1), -1)
+        top[~stats.valid] = -2
+        first = self._blocks
+        self._blocks += nb
+        if self.problem is None and self._bad == 0 and not (top >= 0).any():
+            return []  # the usual case: clean audio, nothing to remember
+        changes: list[tuple[int, Change]] = []
+        for k in range(nb):
+            if top[k] == -2:
+                continue
+            mean, clipped = float(stats.mean[k]), float(stats.clipped[k])
+            change = self._step((int(top[k]), float(db[k]), mean, clipped, int(gaps[k])))
+            if change is not None:
+                changes.append(((first + k + 1) * self.block, change))
+            if top[k] >= 0 or self.problem is not None:
+                self._mark(first + k)
+        return changes
+
+    def _step(self, entry: tuple[int, float, float, float, int]) -> Change | None:
+        """Advance the state machine by one judged block (reason index or -1, dBFS, mean,
+        clipped fraction, dropouts reached)."""
+        if entry[0] < 0:
+            self._bad, self._good = 0, self._good + 1
+            self._recent.clear()
+            if self.problem is not None and self._good >= self._clear:
+                self.problem = None
+                secs = self._clear * BLOCK_SECONDS
+                return Change("ok", None, f"input clean for {secs:.1f} s")
+            return None
+        self._bad, self._good = self._bad + 1, 0
+        self._recent.append(entry)
+        if self._bad < self._need:
+            return None
+        held = [e[0] for e in self._recent]
+        if self.problem is not None and REASONS.index(self.problem) in held:
+            return None
+        reason = REASONS[min(held)]
+        if reason == self.problem:
+            return None
+        self.problem = reason
+        return Change("input_problem", reason, self._detail(min(held)))
+
+    def _detail(self, code: int) -> str:
+        """Human text for reason REASONS[code] from the blocks that raised it."""
+        rows = [e for e in self._recent if e[0] == code]
+        s, secs = self.settings, self._need * BLOCK_SECONDS
+        db = float(np.median([e[1] for e in rows]))
+        if code == 0:
+            if all(e[1] <= -120.0 for e in rows):
+                return f"digital zeros (RMS -120 dBFS) for {secs:.1f} s"
+            return (
+                f"RMS {db:.1f} dBFS, below the silence level {s.silence_dbfs:g} dBFS, for "
+                f"{secs:.1f} s: no signal (input unplugged, muted or idle)"
+            )
+        if code == 1:
+            n = sum(e[4] for e in self._recent)
+            return (
+                f"{n} gap(s) of exact zeros of {s.dropout_ms:g} ms or more in {secs:.1f} s of "
+                "audio: samples are being lost"
+            )
+        if code == 2:
+            pct = 100.0 * float(np.mean([e[3] for e in rows]))
+            return (
+                f"{pct:.2f} % of samples at full scale over {secs:.1f} s (limit "
+                f"{100.0 * s.clip_fraction:g} %): the input gain is too high"
+            )
+        if code == 3:
+            mean = float(np.mean([e[2] for e in rows]))
+            return f"DC offset {mean:+.3f} of full scale for {secs:.1f} s (limit {s.dc_offset:g})"
+        lo, hi = self.level_range or (0.0, 0.0)
+        off = f"{lo - db:.1f} dB below" if code == 4 else f"{db - hi:.1f} dB above"
+        return (
+            f"RMS {db:.1f} dBFS for {secs:.1f} s, {off} the model's training range "
+            f"{lo:.1f}..{hi:.1f} dBFS (p1..p99)"
+        )
+
+    def _mark(self, block: int) -> None:
+        """Remember a troubled block for troubled()."""
+        if self._spans and self._spans[-1][1] == block:
+            self._spans[-1][1] = block + 1
+        else:
+            self._spans.append([block, block + 1])

@@ -1,0 +1,252 @@
+"""Input integrity on real audio: generated motor sound, AMULET's good.wav, and the faults a
+microphone input really shows (zeros, a pulled cable, an idle input, clipping, DC, dropouts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from amulet_stream.integrity import (
+    REASONS,
+    Change,
+    IntegrityCheck,
+    IntegritySettings,
+    block_levels,
+    level_range,
+    level_summary,
+)
+from amulet_stream.sources import FileSource
+from amulet_stream.synth import generate
+from amulet_stream.wav import read_info
+
+F32 = npt.NDArray[np.float32]
+RATE = 16000
+SEC = RATE  # samples per second
+NEED = SEC  # problem_seconds = 1.0: a problem is raised at the end of the 4th bad block
+
+
+def _range_of(x: F32, rate: int) -> tuple[float, float]:
+    """(p1, p99) as training stores them, from healthy audio."""
+    doc = level_summary(block_levels([x], rate))
+    return doc["p1"], doc["p99"]
+
+
+@pytest.fixture(scope="module")
+def motor() -> F32:
+    """20 s of generated healthy motor sound at 16 kHz (about -22 dBFS)."""
+    return generate(20.0, RATE, seed=3)
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[float, float]:
+    """The level range of the default model's training audio (synth 300 s, seed 1): p1..p99."""
+    return _range_of(generate(300.0, RATE, seed=1), RATE)
+
+
+@pytest.fixture(scope="module")
+def good(seed_dir: Path) -> tuple[F32, int]:
+    """AMULET's real recording good.wav, mono as the monitor sees it (96 kHz, down-mixed)."""
+    info = read_info(seed_dir / "good.wav")
+    return np.concatenate([b.samples for b in FileSource(info).blocks()]), info.rate
+
+
+def _run(
+    x: F32, rng: tuple[float, float] | None, rate: int = RATE, **kw: float
+) -> list[tuple[int, Change]]:
+    return IntegrityCheck(rate, rng, IntegritySettings(**kw)).push(x)
+
+
+def _reasons(changes: list[tuple[int, Change]]) -> list[str | None]:
+    return [c.reason for _, c in changes]
+
+
+def test_settings_are_checked_with_the_field_named() -> None:
+    bad = {
+        "silence_dbfs": 3.0,
+        "clip_fraction": 0.0,
+        "dc_offset": 1.5,
+        "dropout_ms": -1.0,
+        "level_margin_db": float("nan"),
+        "problem_seconds": 0.0,
+        "clear_seconds": -2.0,
+    }
+    for name, value in bad.items():
+        with pytest.raises(ValueError, match=rf"^{name} must "):
+            IntegritySettings(**{name: value})
+    assert REASONS[0] == "silence" and len(REASONS) == 6
+
+
+def test_training_level_of_generated_motor(trained: tuple[float, float]) -> None:
+    lo, hi = trained
+    assert -25.0 < lo <= hi < -19.0, trained
+
+
+@pytest.mark.parametrize("gain_db", [-10.0, -6.0, 0.0, 6.0, 10.0])
+def test_healthy_generated_raises_nothing(
+    motor: F32, trained: tuple[float, float], gain_db: float
+) -> None:
+    x = (motor * 10 ** (gain_db / 20)).astype(np.float32)
+    check = IntegrityCheck(RATE, trained)
+    assert check.push(x) == []
+    assert check.problem is None and not check.troubled(0, x.size)
+
+
+@pytest.mark.parametrize("gain_db", [-10.0, 0.0, 10.0])
+def test_healthy_real_recording_raises_nothing(good: tuple[F32, int], gain_db: float) -> None:
+    x, rate = good
+    own = _range_of(x, rate)  # a model trained on this motor
+    assert -46.0 < own[0] <= own[1] < -40.0, own
+    y = (x * 10 ** (gain_db / 20)).astype(np.float32)
+    assert _run(y, own, rate) == []
+    assert _run(y, None, rate) == []
+
+
+def test_digital_zeros(motor: F32) -> None:
+    changes = _run(np.zeros(5 * SEC, np.float32), (-22.5, -21.3))
+    assert changes == [(NEED, changes[0][1])]
+    assert changes[0][1] == Change("input_problem", "silence", changes[0][1].detail)
+    assert "digital zeros" in changes[0][1].detail and "1.0 s" in changes[0][1].detail
+
+
+def test_pulled_cable_then_plugged_back(motor: F32, trained: tuple[float, float]) -> None:
+    """Motor, the cable pulled at 5.1 s (mid-block: that block is motor then zeros), zeros for
+    5 s, the motor again: silence (never a dropout, never clean), then ok 2 s after it is back."""
+    x = motor[: 15 * SEC].copy()
+    x[int(5.1 * SEC) : int(10.1 * SEC)] = 0.0
+    check = IntegrityCheck(RATE, trained)
+    changes = check.push(x)
+    assert _reasons(changes) == ["silence", None]
+    (raised, problem), (cleared, ok) = changes
+    assert raised == 6 * SEC  # blocks 20 (motor + zeros) .. 23 (zeros): 1 s of bad blocks
+    assert problem.state == "input_problem" and ok.state == "ok"
+    # back at 10.1 s: block 40 holds the end of the gap; 41..48 are clean -> ok at 12.25 s
+    assert cleared == int(12.25 * SEC)
+    assert check.troubled(int(5.2 * SEC), int(6.2 * SEC))
+    assert check.troubled(int(11.0 * SEC), int(12.0 * SEC))  # clean but the problem stood
+    assert not check.troubled(0, 5 * SEC) and not check.troubled(13 * SEC, 14 * SEC)
+
+
+def test_idle_input_noise_floor(motor: F32, trained: tuple[float, float]) -> None:
+    """An unplugged microphone input: no zeros but the converter's noise at -95 dBFS."""
+    rng = np.random.default_rng(0)
+    noise = (rng.standard_normal(5 * SEC) * 10 ** (-95 / 20)).astype(np.float32)
+    for lr in (trained, None):
+        changes = _run(noise, lr)
+        assert _reasons(changes) == ["silence"]
+        assert "RMS -95.0 dBFS" in changes[0][1].detail
+
+
+def test_clipping(motor: F32, trained: tuple[float, float]) -> None:
+    x = np.clip(motor * 20.0, -1.0, 1.0).astype(np.float32)
+    changes = _run(x, trained)
+    assert _reasons(changes) == ["clipping"]
+    assert "% of samples at full scale" in changes[0][1].detail
+    # full scale without clipping does not count: the same motor scaled to a peak of 0.99
+    assert _run((motor * (0.99 / np.abs(motor).max())).astype(np.float32), trained) == []
+
+
+@pytest.mark.parametrize("offset", [0.1, -0.05])
+def test_dc_offset(motor: F32, trained: tuple[float, float], offset: float) -> None:
+    changes = _run((motor + offset).astype(np.float32), trained)
+    assert _reasons(changes) == ["dc_offset"]
+    shown = float(changes[0][1].detail.split()[2])  # "DC offset +0.101 of full scale ..."
+    assert abs(shown - offset) < 0.005, changes
+
+
+def test_dropouts(motor: F32, trained: tuple[float, float]) -> None:
+    """10 gaps of 30 ms of exact zeros per second (a USB stream losing packets)."""
+    x = motor.copy()
+    for start in range(0, x.size, SEC // 10):
+        x[start : start + int(0.03 * SEC)] = 0.0
+    changes = _run(x, trained)
+    assert _reasons(changes) == ["dropout"]
+    assert changes[0][1].detail.startswith("10 gap(s) of exact zeros of 20 ms or more in 1.0 s")
+    # gaps shorter than dropout_ms are not dropouts
+    y = motor.copy()
+    for start in range(0, y.size, SEC // 10):
+        y[start : start + int(0.015 * SEC)] = 0.0
+    assert _run(y, trained) == []
+
+
+def test_level_far_outside_the_trained_range(motor: F32, trained: tuple[float, float]) -> None:
+    low = (motor * 10 ** (-40 / 20)).astype(np.float32)  # about -62 dBFS: above silence
+    changes = _run(low, trained)
+    assert _reasons(changes) == ["level_low"]
+    assert "below the model's training range" in changes[0][1].detail
+    assert _run(low, None) == []  # no range in the model: no level checks
+    assert _reasons(_run(motor, (-70.0, -60.0))) == ["level_high"]
+    assert _run(motor, (-70.0, -60.0), level_margin_db=40.0) == []
+
+
+def test_priority_and_switching_reasons(motor: F32, trained: tuple[float, float]) -> None:
+    both = np.clip(motor * 20.0 + 0.3, -1.0, 1.0).astype(np.float32)  # clipped and DC
+    assert _reasons(_run(both, trained)) == ["clipping"]
+    # zeros, then straight into clipping: the reason changes after 1 s of clipping alone
+    x = np.concatenate([np.zeros(3 * SEC, np.float32), both[: 3 * SEC]])
+    changes = _run(x, trained)
+    assert [(i, c.reason) for i, c in changes] == [(SEC, "silence"), (4 * SEC, "clipping")]
+
+
+def test_short_problems_do_not_raise(motor: F32, trained: tuple[float, float]) -> None:
+    """0.75 s of zeros every 2 s: never 1 s in a row."""
+    x = motor[: 10 * SEC].copy()
+    for start in range(SEC, x.size, 2 * SEC):
+        x[start : start + int(0.75 * SEC)] = 0.0
+    assert _run(x, trained) == []
+
+
+def test_nan_and_inf_are_left_out(motor: F32, trained: tuple[float, float]) -> None:
+    x = motor[: 5 * SEC].copy()
+    x[::7] = np.nan
+    x[3::11] = np.inf
+    assert _run(x, trained) == []
+    assert _run(np.full(5 * SEC, np.nan, np.float32), trained) == []
+    levels = block_levels([x], RATE)
+    assert levels.size == 20 and np.all(np.abs(levels - levels.mean()) < 1.0)
+
+
+def test_block_size_independence(motor: F32, trained: tuple[float, float]) -> None:
+    """Zeros, clipping, dropouts and DC between stretches of motor, at 22050 Hz (a block of
+    5512 samples): whole array, 1000-sample pushes and random pushes give the same changes."""
+    rate = 22050
+    m = generate(4.0, rate, seed=8)
+    gaps = m.copy()
+    gaps[(np.arange(m.size) % (rate // 10)) < int(0.03 * rate)] = 0.0
+    parts = [m, np.zeros(rate * 3, np.float32), m, np.clip(m * 20, -1, 1), m, gaps, m, m + 0.2]
+    x = np.concatenate([p.astype(np.float32) for p in parts] + [m, m])
+    whole = IntegrityCheck(rate, trained)
+    expected = whole.push(x)
+    assert _reasons(expected) == [
+        "silence",
+        None,
+        "clipping",
+        None,
+        "dropout",
+        None,
+        "dc_offset",
+        None,
+    ]
+    rng = np.random.default_rng(1)
+    for sizes in (np.full(x.size // 1000 + 1, 1000), rng.integers(0, 9000, x.size // 2000)):
+        check = IntegrityCheck(rate, trained)
+        got: list[tuple[int, Change]] = []
+        at = 0
+        for size in sizes.tolist():
+            got += check.push(x[at : at + size])
+            at += size
+        got += check.push(x[at:])
+        assert got == expected
+        spans = [(a, a + rate) for a in range(0, x.size - rate, rate // 3)]
+        assert [check.troubled(*s) for s in spans] == [whole.troubled(*s) for s in spans]
+
+
+def test_level_range_from_metadata() -> None:
+    assert level_range({"threshold": 0.3}) is None
+    doc = {"p1": -22.5, "p50": -22.1, "p99": -21.3, "min": -22.6, "max": -21.1}
+    assert level_range({"input_level_dbfs": doc}) == (-22.5, -21.3)
+    for broken in ({"p1": -20.0, "p99": -30.0}, {"p1": "x", "p99": -3.0}, [1, 2]):
+        with pytest.raises(ValueError, match=r"^input_level_dbfs in the model metadata"):
+            level_range({"input_level_dbfs": broken})
