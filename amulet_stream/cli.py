@@ -2,8 +2,9 @@
 the live path), devices, info.
 
 Standard output: one JSON object per line; logs on standard error.
-Exit codes: 0 ok; 1 replay found anomalies and --fail-on-anomaly was given; 2 bad usage or
-input (unknown device, unusable model or config, a wav that could not be read)."""
+Exit codes: 0 ok; 1 replay found anomalies (or input problems) and --fail-on-anomaly was
+given; 2 bad usage or input (unknown device, unusable model or config, a wav that could not
+be read); 3 run: every source failed again and again (for systemd to start afresh)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from .daemon import Daemon, DaemonError
 from .detector import RENAMED, effective_threshold
 from .devices import DeviceError, list_inputs
 from .httpserver import DEFAULT_PORT, ListenError
+from .integrity import IntegrityCheck, level_range
 from .model import Model, ModelError, default_model_path
 from .mqtt import MqttConfigError, MqttSettings
 from .output import JsonLines, Progress, amulet_json
@@ -110,7 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     pace.add_argument("--speed", type=float, help="pace at X times real time")
     r.add_argument("--format", choices=["jsonl", "amulet-json"], default="jsonl")
     r.add_argument("--plot", type=Path, help="write score over time to this PNG")
-    r.add_argument("--fail-on-anomaly", action="store_true", help="exit 1 if any file is defect")
+    r.add_argument(
+        "--fail-on-anomaly",
+        action="store_true",
+        help="exit 1 if any file is defect or has an input problem",
+    )
     _common(r)
 
     live = sub.add_parser("run", help="monitor a sound card (or raw PCM on stdin)")
@@ -327,7 +333,7 @@ def _replay_files(args: argparse.Namespace, files: list[Path]) -> int:
                 print(f"amulet-stream: error: {err}", file=sys.stderr)
                 failed = True
                 continue
-            defect |= summary["verdict"] == "defect"
+            defect |= summary["verdict"] in ("defect", "input_problem")
             failed |= summary["verdict"] == "too_short"
             if out is not None:
                 out.emit(summary)
@@ -359,7 +365,10 @@ def _replay_one(
 ) -> Record:
     """Replay one file through the pipeline into the sinks; return its summary."""
     stream = cfg.source.stream
-    pipe = StreamPipeline(model, source.rate, stream, str(path), cfg.detector, _hop(cfg, model))
+    integrity = IntegrityCheck(source.rate, level_range(model.meta.raw), cfg.integrity)
+    pipe = StreamPipeline(
+        model, source.rate, stream, str(path), cfg.detector, _hop(cfg, model), integrity
+    )
     sinks.stream_started(stream, model, pipe.detector.threshold)
     progress = Progress(source.info.duration, path.name)
     t0 = time.monotonic()

@@ -38,7 +38,7 @@ from .notify import Notifier
 from .output import JsonLines
 from .pipeline import F32, Record, StreamPipeline, utc_iso
 from .sinks import Sinks
-from .sources import Block, DeviceSource, FileSource, StdinSource
+from .sources import LIVE_BLOCK_SECONDS, Block, DeviceSource, FileSource, StdinSource
 from .wav import WavError, read_info, select_channel
 
 _LOGGER = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ EXIT_OK, EXIT_SOURCES_LOST = 0, 3
 QUEUE_BLOCKS = 40
 """Blocks (0.1-0.25 s each) a stream's queue holds before its source thread waits."""
 TICK_SECONDS = 0.1
+BLOCKS_PER_TICK = 4
+"""At most this many blocks (1 s) of a stream per tick: a backlog is worked off in steps, so
+a clip's pre-trigger audio is still in its ring when the alert comes."""
 STATUS_SECONDS = 10.0
 STOP_FLUSH_SECONDS = 3.0
 """MQTT flush at shutdown: with the rest, the exit stays within systemd's 5 s budget."""
@@ -139,7 +142,8 @@ class Feed:
             need = max((st.cfg.source.channel or 0) for st in self.streams) + 1
             if need > info.channels:
                 raise WavError(f"{s.path} has {info.channels} channel(s), channel {need - 1} asked")
-            return FileSource(info, None, 1.0 if s.realtime else None, keep_channels=True)
+            speed = 1.0 if s.realtime else None
+            return FileSource(info, None, speed, True, block_seconds=LIVE_BLOCK_SECONDS)
         channels = s.channels or max((st.cfg.source.channel or 0) for st in self.streams) + 1
         if s.kind == "stdin":
             assert s.rate is not None
@@ -365,7 +369,8 @@ class Daemon:
         code: int | None = None
         try:
             while not self._stop and code is None:
-                self.wake.wait(TICK_SECONDS)
+                if not any(st.queue.qsize() for st in self.streams.values()):
+                    self.wake.wait(TICK_SECONDS)
                 self.wake.clear()
                 if self._reload:
                     self._reload = False
@@ -424,7 +429,7 @@ class Daemon:
 
     def _take(self, st: Stream) -> F32 | None:
         chunks: list[F32] = []
-        while True:
+        while len(chunks) < BLOCKS_PER_TICK:
             try:
                 item = st.queue.get_nowait()
             except queue.Empty:

@@ -43,6 +43,8 @@ class StreamStats:
     too_short: bool = False
     """The stream ended before its first window was complete."""
     anomaly_events: int = 0
+    input_problems: int = 0
+    """input_problem events raised."""
     audio_seconds: float = 0.0
     max_score: float = 0.0
     level_dbfs: float = -120.0
@@ -56,10 +58,13 @@ class StreamStats:
 
 
 def verdict(stats: StreamStats) -> str:
-    """A file's verdict: 'defect' if an alert was raised, 'too_short' if nothing could be
-    scored, else 'good'."""
+    """A file's verdict: 'defect' if an alert was raised, 'input_problem' if the input was not
+    a motor's for a while (silence, clipping...), 'too_short' if nothing could be scored, else
+    'good'."""
     if stats.anomaly_events:
         return "defect"
+    if stats.input_problems:
+        return "input_problem"
     return "too_short" if stats.too_short else "good"
 
 
@@ -194,15 +199,17 @@ class StreamPipeline:
             return  # the detector announces the next state once it has seen enough audio
         t = index / self._source_rate
         when = None if self._t0 is None else self._t0 + t
+        assert self.integrity is not None
         base = {
             "stream": self.stream,
             "file": self.file,
-            "start": round(t, 4),
+            "start": round(max(0.0, t - self.integrity.settings.problem_seconds), 4),
             "end": round(t, 4),
             "score": None,
             "threshold": self.detector.threshold,
         }
         _LOGGER.warning("%s: input problem: %s", self.file or self.stream, change.detail)
+        self.stats.input_problems += 1
         self._pending.append(
             self._state("input_problem", base, when, reason=change.reason, detail=change.detail)
         )

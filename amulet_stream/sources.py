@@ -44,7 +44,9 @@ class FileSource:
         channel: int | None = None,
         speed: float | None = None,
         keep_channels: bool = False,
+        block_seconds: float | None = None,
     ):
+        """`block_seconds`: block length (default 0.1 s when paced, 64 Ki frames otherwise)."""
         if channel is not None and channel >= info.channels:
             raise ValueError(f"{info.path}: channel {channel} does not exist ({info.channels})")
         self.info = info
@@ -53,6 +55,7 @@ class FileSource:
         self.channel = channel
         self.speed = speed
         self.keep_channels = keep_channels
+        self.block_seconds = block_seconds
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -60,8 +63,11 @@ class FileSource:
         self._stop.set()
 
     def blocks(self) -> Iterator[Block]:
-        """Blocks of 0.1 s when paced, 64 Ki frames otherwise."""
-        frames = max(1, self.rate // 10) if self.speed else 65536
+        """Blocks of `block_seconds`; by default 0.1 s when paced, 64 Ki frames otherwise."""
+        if self.block_seconds is not None:
+            frames = max(1, round(self.rate * self.block_seconds))
+        else:
+            frames = max(1, self.rate // 10) if self.speed else 65536
         t0 = time.monotonic()
         done = 0
         for raw in iter_blocks(self.info, frames):

@@ -55,7 +55,8 @@ def test_end_to_end_fault_is_reported(fault_wav: Path) -> None:
     assert alert["end"] > 10.0 and alert["start"] <= 12.0 and alert["score"] > alert["threshold"]
     assert 20.0 <= clear["start"] <= 27.0
     for e in events:
-        assert set(e) == {"event", "stream", "file", "start", "end", "score", "threshold", "time"}
+        keys = {"event", "stream", "file", "start", "end", "score", "threshold", "time"}
+        assert set(e) == keys | {"event_id"} and len(e["event_id"]) == 36
         assert e["file"] == str(fault_wav) and e["time"].endswith("Z")
     summary = out[-1]
     assert summary["event"] == "summary" and summary["verdict"] == "defect"
