@@ -67,6 +67,8 @@ class SourceConfig:
             raise ValueError(
                 f"channel {self.channel} does not exist when {self.channels} channel(s) are opened"
             )
+        if isinstance(self.device, str) and not self.device.strip():
+            raise ValueError("device must name a device (or part of its name), not ''")
         if self.kind == "file" and self.path is None:
             raise ValueError("path is needed for kind = 'file' (the wav to play)")
 

@@ -257,6 +257,24 @@ def test_a_source_that_fails_is_reopened_and_scoring_resumes(
         assert d.stop() == 0
 
 
+def test_sources_that_keep_failing_end_the_process_for_systemd(
+    audio: dict[str, Path], tmp_path: Path
+) -> None:
+    wav = tmp_path / "gone.wav"
+    shutil.copy(audio["healthy"], wav)
+    cfg = tmp_path / "gone.toml"
+    cfg.write_text(stream("m1", wav) + "[daemon]\nreopen_attempts = 2\nreopen_max_seconds = 1\n")
+    d = Daemon(cfg)
+    d.wait_for("score", "m1", n=2)
+    os.truncate(wav, read_info(wav).data_offset + 3 * RATE * 2)  # reading fails at 3 s ...
+    wav.unlink()  # ... and every reopen fails
+    code = d.proc.wait(30)
+    d.stop()
+    assert code == 3, d.stderr.decode()
+    assert b"every source failed 2 times in a row" in d.stderr
+    assert d.events("down", "m1")
+
+
 def test_a_stalled_source_is_marked_down_and_comes_back(tmp_path: Path) -> None:
     cfg = tmp_path / "stdin.toml"
     cfg.write_text(

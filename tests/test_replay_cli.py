@@ -203,7 +203,9 @@ def test_example_config_in_deploy_is_valid() -> None:
     from amulet_stream.config import load
 
     cfg = load(ROOT / "deploy" / "amulet-stream.toml")
-    assert cfg.source.stream == "motor-1" and cfg.detector.alert_seconds == 1.5
+    assert [s.id for s in cfg.all_streams()] == ["motor-1", "motor-2"]
+    assert [s.source.channel for s in cfg.streams] == [0, 1] and cfg.detector.alert_seconds == 1.5
+    assert cfg.all_streams()[0].detector == cfg.detector and cfg.daemon.reopen_attempts == 10
     assert cfg.detector.burst_ratio == 1.2 and cfg.detector.burst_seconds == 0.25
     assert cfg.mqtt is not None and cfg.mqtt.prefix == "amulet" and cfg.mqtt.queue_limit == 1000
     assert cfg.metrics.listen == "127.0.0.1:8491" and not cfg.metrics.submit
