@@ -212,6 +212,7 @@ _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "scores": (bool,),
         "homeassistant": (bool,),
         "discovery_prefix": (str,),
+        "score_interval": (int, float),
     },
     "metrics": {"listen": (str,), "submit": (bool,), "submit_limit_mb": (int, float)},
     "daemon": {
@@ -356,7 +357,7 @@ def load(path: Path) -> Config:
         source,
         model,
         det,
-        MqttSettings(**mq) if "mqtt" in doc else None,
+        build(MqttSettings, mq, f"{path}: mqtt") if "mqtt" in doc else None,
         MetricsConfig(**sec["metrics"]),
         streams,
         build(DaemonConfig, dmn, f"{path}: daemon"),

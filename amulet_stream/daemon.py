@@ -12,6 +12,7 @@ WATCHDOG=1 (only while windows are scored), STATUS= and STOPPING=1.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
@@ -244,7 +245,9 @@ def default_client_id(streams: tuple[StreamConfig, ...]) -> str:
     """amulet-<host>-<stream ids>: stable across restarts (HA ids and availability depend on it)."""
     host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
     ids = "-".join(sorted(s.id for s in streams))
-    return f"amulet-{host}-{ids}"[:128]
+    if len(ids) > 40:  # many streams: a digest of the ids keeps the id short and distinct
+        ids = hashlib.sha256(ids.encode()).hexdigest()[:16]
+    return f"amulet-{host[:40]}-{ids}"
 
 
 def state_dir(cfg: Config) -> Path | None:

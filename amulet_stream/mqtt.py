@@ -1,12 +1,13 @@
-"""MQTT sink (paho-mqtt 2.x): availability, retained state, ordered QoS 1 alerts, optional scores
-and Home Assistant discovery. Publishing never blocks the audio path.
+"""MQTT sink (paho-mqtt 2.x): the connection, the topic layout and the routing of records.
+Publishing never blocks the audio path.
 
-Messages go into our own bounded outbox; one sender thread publishes them in order and waits
-for each alert's PUBACK before the next. While the broker is away they wait in the outbox;
-past the bound the oldest are dropped and counted. paho's own queue is left unbounded (it
-holds at most the one message in flight), so the `online` birth message that on_connect
-publishes can never be refused. paho callbacks take no locks of ours and never block: they
-only put notes on a SimpleQueue.
+Topics: `<prefix>/<client_id>/status` (this process's availability, retained, last will),
+`<prefix>/<stream>/state` (retained), `/alert` (QoS 1), `/score` (QoS 0). Records go into the
+bounded outbox (outbox.py); one sender thread publishes them in order and waits for each
+QoS 1 PUBACK before the next. Home Assistant discovery (homeassistant.py) is kept as wanted
+retained payloads, sent on every connect, when Home Assistant comes online and on changes.
+paho callbacks take no locks of ours and never block: they only put notes on a SimpleQueue
+for the sender thread, which does all the logging.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import json
 import logging
 import os
 import queue
+import socket
 import ssl
+import sys
 import threading
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from . import __version__
+from .homeassistant import STREAM_ID, Announced, Discovery, StreamTopics, node_id
+from .outbox import Message, Outbox
 
 _LOGGER = logging.getLogger(__name__)
 
-STATES = ("normal", "anomaly", "input_problem")
+STATES = ("normal", "anomaly", "input_problem", "down")
 
 
 class MqttConfigError(ValueError):
@@ -48,7 +52,7 @@ class MqttSettings:
     host: str = "127.0.0.1"
     port: int = 1883
     client_id: str = ""
-    """Empty: amulet-<hostname>-<pid>."""
+    """Stable across restarts (availability topic, HA ids); empty: amulet-<hostname>."""
     keepalive: int = 30
     username: str | None = None
     password_file: Path | None = None
@@ -61,11 +65,20 @@ class MqttSettings:
     prefix: str = "amulet"
     qos: int = 1
     queue_limit: int = 1000
-    """Messages kept while the broker is away; past it the oldest are dropped."""
+    """Alerts and states kept while the broker is away, and as many scores in a queue of
+    their own (sent after them); past it the oldest of that queue are dropped."""
     scores: bool = False
-    """Also publish every window's score (QoS 0) to <prefix>/<stream>/score."""
+    """Publish every window's score (QoS 0) to <prefix>/<stream>/score."""
     homeassistant: bool = False
     discovery_prefix: str = "homeassistant"
+    score_interval: float = 10.0
+    """Seconds between score messages when homeassistant is on and scores off (max score)."""
+
+    def __post_init__(self) -> None:
+        if not self.score_interval >= 0:
+            raise MqttConfigError(
+                f"mqtt.score_interval must be 0 or more seconds, not {self.score_interval}"
+            )
 
     def password(self) -> str | None:
         """The password from its file or environment variable."""
@@ -85,40 +98,64 @@ class MqttSettings:
 
 
 @dataclass
-class _Message:
-    topic: str
-    payload: str
-    qos: int
-    retain: bool
-    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+class _Stream:
+    model_sha256: str
+    last_score_sent: float = float("-inf")
+    """time.monotonic() of the last score message (score_interval mode)."""
+    pending_score: dict[str, Any] | None = None
+    """The highest-scoring window not yet sent (score_interval mode)."""
+
+
+def _check_topic_part(name: str, value: str, level: bool) -> None:
+    """Refuse a client id (one topic level) or prefix that would make illegal topics."""
+    bad = "+#\0/" if level else "+#\0"
+    if not value or any(c in value for c in bad) or value.startswith("/"):
+        rule = "one topic level: no +, # or /" if level else "no +, # or leading /"
+        raise MqttConfigError(f"mqtt.{name} {value!r}: not usable in MQTT topics ({rule})")
 
 
 class MqttSink:
-    """One connection for all streams. publish_* are called from the processing loop."""
+    """One connection for all streams of this process. add_stream, remove_stream, prune and
+    publish_record are called from the processing loop; they never block."""
 
-    def __init__(self, settings: MqttSettings, model_sha256: str) -> None:
+    def __init__(self, settings: MqttSettings, state_dir: Path | None = None) -> None:
         self.settings = settings
-        self.model_sha256 = model_sha256
+        host = "".join(c if c not in "+#/\0" else "_" for c in os.uname().nodename)
+        self.client_id = settings.client_id or f"amulet-{host}"
+        _check_topic_part("client_id", self.client_id, level=True)
+        _check_topic_part("prefix", settings.prefix, level=False)
+        _check_topic_part("discovery_prefix", settings.discovery_prefix, level=False)
+        self.availability_topic = self.topic(self.client_id, "status")
         self.connected = False
-        self.dropped = 0
-        """Messages dropped because the outbox was full (or refused by the broker)."""
         self.refused = False
         """The broker refused our credentials at least once."""
-        self._outbox: deque[_Message] = deque()
+        self.connect_failures = 0
+        """Failed connection attempts (unreachable, refused, TLS, auth), all outages."""
+        self._outbox = Outbox(settings.queue_limit, settings.queue_limit)
         self._notes: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._lock = threading.Lock()  # outbox only; never taken in paho callbacks
+        self._lock = threading.Lock()  # streams, states, discovery; never in paho callbacks
+        self._streams: dict[str, _Stream] = {}
         self._states: dict[str, str] = {}  # stream -> last retained state payload
-        self._streams: set[str] = set()
-        self._connects = 0
-        client_id = settings.client_id or f"amulet-{os.uname().nodename}-{os.getpid()}"
+        self._discovery = Discovery(
+            settings.homeassistant,
+            self._topics,
+            settings.discovery_prefix,
+            lambda stream: node_id(settings.prefix, stream),
+            __version__,
+            self.availability_topic,
+            Announced(state_dir),
+        )
+        self._bad_streams: set[str] = set()
+        self._outage: tuple[float, int] | None = None  # (start, failed attempts) while away
+        self._was_up = False  # connected at least once (sender thread only)
         self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
         )
         self._client.max_queued_messages_set(0)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self._client.will_set(self.topic("status"), "offline", qos=1, retain=True)
+        self._client.will_set(self.availability_topic, "offline", qos=1, retain=True)
         if settings.username is not None:
             self._client.username_pw_set(settings.username, settings.password())
         if settings.tls:
@@ -133,6 +170,7 @@ class MqttSink:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
@@ -143,103 +181,168 @@ class MqttSink:
         """<prefix>/<parts...>."""
         return "/".join((self.settings.prefix, *parts))
 
+    @property
+    def dropped_by_kind(self) -> dict[str, int]:
+        """Messages dropped (outbox bound, refused by the broker) by kind: alert, state..."""
+        return self._outbox.dropped_by_kind
+
+    @property
+    def dropped(self) -> int:
+        """All dropped messages."""
+        return sum(self._outbox.dropped_by_kind.values())
+
     # -- processing-loop side -------------------------------------------------------------
 
     def start(self) -> None:
         """Connect in the background; the monitor runs whether or not the broker is there."""
+        self._outage = (time.monotonic(), 0)
         self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive)
         self._client.loop_start()
         self._sender.start()
 
-    def add_stream(self, stream: str, threshold: float) -> None:
-        """Announce a stream: retained state 'normal' and, if enabled, discovery."""
-        self._streams.add(stream)
-        start = {
-            "event": "normal",
-            "stream": stream,
-            "start": 0.0,
-            "end": 0.0,
-            "score": 0.0,
-            "threshold": threshold,
-        }
-        self._set_state(stream, "normal", start)
-        if self.settings.homeassistant:
-            self._notes.put(("discovery", stream))
-            self._wake.set()
+    def add_stream(self, stream: str, threshold: float, model_sha256: str) -> None:
+        """Announce a stream (or update it: reload) to Home Assistant; publishes no state."""
+        if not STREAM_ID.fullmatch(stream):
+            raise MqttConfigError(f"stream id {stream!r}: use 1 to 64 letters, digits, _ or -")
+        with self._lock:
+            old = self._streams.get(stream)
+            new = self._streams[stream] = _Stream(model_sha256)
+            if old is not None:  # a reload: the score interval goes on
+                new.last_score_sent, new.pending_score = old.last_score_sent, old.pending_score
+            self._discovery.add(stream, model_sha256, threshold)
+        self._wake.set()
+
+    def remove_stream(self, stream: str) -> None:
+        """A stream left the config: remove its HA entities and clear its retained state."""
+        with self._lock:
+            info = self._streams.pop(stream, None)
+            self._states.pop(stream, None)
+            if info is not None and info.pending_score is not None:
+                self._enqueue(self.topic(stream, "score"), info.pending_score, 0, "score")
+            self._discovery.remove(stream)
+        self._enqueue_text(self.topic(stream, "state"), "", 1, True, "state")
+
+    def prune(self, configured: set[str]) -> None:
+        """Remove what a previous run announced and is no longer wanted: the HA entities and
+        retained state of streams not in `configured`; all its entities if HA is now off."""
+        with self._lock:
+            gone = self._discovery.prune(configured, self.availability_topic)
+        for topic in gone:
+            kind = "state" if topic.endswith("/state") else "other"
+            self._enqueue_text(topic, "", 1, True, kind)
+        self._wake.set()
 
     def publish_record(self, record: dict[str, Any]) -> None:
-        """Route a pipeline record: state changes -> state + alert; scores -> score topic."""
-        stream = record["stream"]
-        if record["event"] == "score":
-            if self.settings.scores:
-                self._enqueue(self.topic(stream, "score"), self._payload(record), 0, False)
+        """Route a record: state changes -> retained state + alert (one event_id); scores ->
+        score topic (every one with scores on; with HA only, the max every score_interval)."""
+        event, stream = record.get("event"), str(record.get("stream"))
+        if event != "score" and event not in STATES:
             return
-        if record["event"] in STATES:
-            msg = self._enqueue(self.topic(stream, "alert"), "", self.settings.qos, False)
-            msg.payload = self._payload(record, msg.event_id)
-            self._set_state(stream, record["event"], record)
+        if not STREAM_ID.fullmatch(stream):
+            if stream not in self._bad_streams:
+                self._bad_streams.add(stream)
+                _LOGGER.error("mqtt: stream id %r cannot be a topic level: not published", stream)
+            self._outbox.discard("score" if event == "score" else "alert")
+            return
+        if event == "score":
+            self._route_score(stream, record)
+            return
+        body = self._body(stream, record)
+        body.setdefault("event_id", str(uuid.uuid4()))
+        self._enqueue(self.topic(stream, "alert"), body, self.settings.qos, "alert")
+        state = json.dumps({**body, "state": event})
+        with self._lock:
+            self._states[stream] = state
+        self._enqueue_text(self.topic(stream, "state"), state, 1, True, "state")
 
     def queued(self) -> int:
         """Messages waiting in the outbox."""
         return len(self._outbox)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Flush what can be flushed within `timeout`, publish 'offline', disconnect."""
+    def close(self, timeout: float = 5.0) -> int:
+        """Flush what can be flushed within `timeout` s, publish 'offline', disconnect; returns
+        the number of messages not delivered (also logged)."""
         deadline = time.monotonic() + timeout
-        while self._outbox and not self.refused and time.monotonic() < deadline:
+        with self._lock:
+            for stream, info in self._streams.items():
+                if info.pending_score is not None:
+                    self._enqueue(self.topic(stream, "score"), info.pending_score, 0, "score")
+                    info.pending_score = None
+        while len(self._outbox) and not self.refused and time.monotonic() < deadline:
+            if not self.connected and self._outage is not None and self._outage[1] > 0:
+                break  # the broker is away (the outage is logged): waiting would not help
             time.sleep(0.02)
-        if self._outbox:
-            _LOGGER.warning("mqtt: %d message(s) not delivered at exit", len(self._outbox))
+        left = len(self._outbox)
+        if left:
+            kinds = ", ".join(f"{k} {n}" for k, n in self._outbox.queued_by_kind().items() if n)
+            _LOGGER.warning("mqtt: %d message(s) not delivered at exit (%s)", left, kinds)
         self._stop.set()
         self._wake.set()
-        self._sender.join(timeout=max(0.1, deadline - time.monotonic()))
+        if self._sender.is_alive():
+            self._sender.join(timeout=max(0.1, deadline - time.monotonic()))
         if self.connected:
-            info = self._client.publish(self.topic("status"), "offline", qos=1, retain=True)
-            info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
+            bye = self._client.publish(self.availability_topic, "offline", qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                bye.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
         self._client.disconnect()
         self._client.loop_stop()
+        return left
 
-    def _payload(self, record: dict[str, Any], event_id: str | None = None) -> str:
-        body = {
-            "event_id": event_id or str(uuid.uuid4()),
-            "event": record["event"],
-            "stream": record["stream"],
-            "time": record.get("time") or _utc_now(),
-            "start": record["start"],
-            "end": record["end"],
-            "score": record["score"],
-            "threshold": record["threshold"],
-            "model_sha256": self.model_sha256,
-            "version": __version__,
-        }
-        if record.get("file") is not None:
-            body["file"] = record["file"]
-        return json.dumps(body)
+    # -- helpers (callers hold self._lock where they touch streams and states) --------------
 
-    def _set_state(self, stream: str, state: str, record: dict[str, Any]) -> None:
-        body = json.loads(self._payload(record))
-        body["state"] = state
-        self._states[stream] = json.dumps(body)
-        self._enqueue(self.topic(stream, "state"), self._states[stream], 1, True)
+    def _topics(self, stream: str) -> StreamTopics:
+        return StreamTopics(
+            stream,
+            self.topic(stream, "state"),
+            self.topic(stream, "score"),
+            self.availability_topic,
+        )
 
-    def _enqueue(self, topic: str, payload: str, qos: int, retain: bool) -> _Message:
-        msg = _Message(topic, payload, qos, retain)
+    def _body(self, stream: str, record: dict[str, Any]) -> dict[str, Any]:
+        info = self._streams.get(stream)
+        body = dict(record)
+        body.setdefault("time", _utc_now())
+        body.setdefault("model_sha256", info.model_sha256 if info is not None else None)
+        body.setdefault("version", __version__)
+        return body
+
+    def _route_score(self, stream: str, record: dict[str, Any]) -> None:
+        if self.settings.scores:
+            self._enqueue(self.topic(stream, "score"), self._body(stream, record), 0, "score")
+            return
+        if not self.settings.homeassistant:
+            return
+        now = time.monotonic()
         with self._lock:
-            if len(self._outbox) >= self.settings.queue_limit:
-                self._outbox.popleft()
-                self.dropped += 1
-                dropped = self.dropped
-            else:
-                dropped = 0
-            self._outbox.append(msg)
-        if dropped:
-            _LOGGER.warning(
-                "mqtt: outbox full (%d): oldest message dropped (%d so far)",
-                self.settings.queue_limit,
-                dropped,
-            )
+            info = self._streams.get(stream)
+            if info is None:
+                return
+            body = self._body(stream, record)
+            pending = info.pending_score
+            if pending is None or body["score"] > pending["score"]:
+                info.pending_score = body
+            if now - info.last_score_sent < self.settings.score_interval:
+                return
+            send, info.pending_score, info.last_score_sent = info.pending_score, None, now
+        self._enqueue(self.topic(stream, "score"), send, 0, "score")
+
+    def _enqueue(self, topic: str, body: dict[str, Any] | None, qos: int, kind: str) -> None:
+        if body is not None:
+            self._enqueue_text(topic, json.dumps(body), qos, False, kind)
+
+    def _enqueue_text(self, topic: str, payload: str, qos: int, retain: bool, kind: str) -> None:
+        victim = self._outbox.put(Message(topic, payload, qos, retain, kind))
+        if victim is not None:
+            dropped = self._outbox.dropped_by_kind
+            n = dropped[victim.kind]
+            if n == 10 ** (len(str(n)) - 1):  # the 1st, 10th, 100th... drop of a kind
+                _LOGGER.warning(
+                    "mqtt: outbox full (%d): oldest %s message dropped (%s dropped so far)",
+                    self.settings.queue_limit,
+                    victim.kind,
+                    ", ".join(f"{k} {d}" for k, d in dropped.items() if d),
+                )
         self._wake.set()
-        return msg
 
     # -- paho callbacks (paho's thread: no locks of ours, no blocking) ----------------------
 
@@ -252,13 +355,24 @@ class MqttSink:
         properties: Properties | None,
     ) -> None:
         if reason.is_failure:
-            self._notes.put(("refused", str(reason)))
+            self.connect_failures += 1
+            self._notes.put(("failed", f"broker refused the connection ({reason})"))
+            if reason.value in (0x86, 0x87, 0x8C):  # bad credentials, not authorized, bad auth
+                self.refused = True
+            self._wake.set()
             return
-        client.publish(self.topic("status"), "online", qos=1, retain=True)
+        client.publish(self.availability_topic, "online", qos=1, retain=True)
         if self.settings.homeassistant:
             client.subscribe(f"{self.settings.discovery_prefix}/status", qos=1)
         self.connected = True
         self._notes.put(("connected", None))
+        self._wake.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its `except OSError:` block: the exception is the reason
+        err = sys.exc_info()[1]
+        self.connect_failures += 1
+        self._notes.put(("failed", _reason(err)))
         self._wake.set()
 
     def _on_disconnect(
@@ -269,8 +383,10 @@ class MqttSink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        was = self.connected
         self.connected = False
-        self._notes.put(("disconnected", str(reason)))
+        if was:
+            self._notes.put(("disconnected", str(reason)))
         self._wake.set()
 
     def _on_publish(
@@ -290,96 +406,124 @@ class MqttSink:
 
     # -- sender thread --------------------------------------------------------------------
 
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()  # before the work: a wake-up during it is not lost
+            try:
+                if not self._send_one():
+                    self._wake.wait(0.5)
+            except Exception:  # the sender outlives any one bad message or bug
+                _LOGGER.exception("mqtt: sender error (the sender goes on)")
+                self._stop.wait(0.5)
+
+    def _send_one(self) -> bool:
+        """Handle notes, send wanted discovery, then one outbox message; False: nothing to do."""
+        self._handle_notes()
+        if not self.connected:
+            return False
+        self._send_discovery()
+        msg = self._outbox.peek()
+        if msg is None:
+            return False
+        try:
+            info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+        except (ValueError, TypeError) as err:
+            _LOGGER.error("mqtt: cannot publish to %r: %s (dropped)", msg.topic, err)
+            self._outbox.drop(msg)
+            return True
+        if msg.qos > 0:
+            while not info.is_published() and self.connected and not self._stop.is_set():
+                # paho raises RuntimeError when the message was dropped by a disconnect
+                try:
+                    info.wait_for_publish(timeout=1.0)
+                except (RuntimeError, ValueError):
+                    break
+            if not info.is_published():
+                return True  # not acknowledged: keep it and send it again after reconnect
+            # a PUBACK only confirms the hop to the broker: its reason code says whether
+            # the broker took the message (e.g. 0x87 not authorized by an ACL)
+            reason = self._acks.pop(info.mid, None)
+            if reason is not None and reason.is_failure:
+                self._outbox.drop(msg)
+                _LOGGER.error(
+                    "mqtt: broker refused %s: %s (%d dropped so far)",
+                    msg.topic,
+                    reason,
+                    self.dropped,
+                )
+                return True
+        self._outbox.done(msg)
+        return True
+
+    def _send_discovery(self) -> None:
+        with self._lock:
+            todo = self._discovery.take()
+        for topic, payload in todo:
+            self._client.publish(topic, payload, qos=1, retain=True)
+
     def _handle_notes(self) -> None:
+        where = f"{self.settings.host}:{self.settings.port}"
         while True:
             try:
                 kind, arg = self._notes.get_nowait()
             except queue.Empty:
                 return
             if kind == "connected":
-                _LOGGER.info("mqtt: connected to %s:%d", self.settings.host, self.settings.port)
-                self._connects += 1
-                for stream, payload in list(self._states.items()) if self._connects > 1 else ():
-                    # retained state again: a broker restarted without persistence lost it
-                    self._enqueue(self.topic(stream, "state"), payload, 1, True)
-                if self.settings.homeassistant:
-                    for stream in sorted(self._streams):
-                        self._publish_discovery(stream)
-            elif kind == "disconnected":
-                _LOGGER.warning(
-                    "mqtt: disconnected (%s); %d message(s) kept", arg, len(self._outbox)
-                )
-            elif kind == "refused":
-                self.refused = True
-                _LOGGER.error("mqtt: broker refused the connection: %s", arg)
-            elif kind in ("discovery", "ha-online") and self.connected:
-                for stream in sorted(self._streams if kind == "ha-online" else {arg}):
-                    self._publish_discovery(stream)
-
-    def _send_loop(self) -> None:
-        while not self._stop.is_set():
-            self._handle_notes()
-            if not self.connected or not self._outbox:
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
-            msg = self._outbox[0]
-            info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
-            if msg.qos > 0:
-                # paho raises RuntimeError when the message was dropped by a disconnect
-                with contextlib.suppress(RuntimeError, ValueError):
-                    info.wait_for_publish(timeout=5.0)
-                if not info.is_published():
-                    continue  # not acknowledged: keep it and send it again after reconnect
-                # a PUBACK only confirms the hop to the broker: its reason code says whether
-                # the broker took the message (e.g. 0x87 not authorized by an ACL)
-                reason = self._acks.pop(info.mid, None)
-                if reason is not None and reason.is_failure:
-                    self.dropped += 1
-                    _LOGGER.error(
-                        "mqtt: broker refused %s: %s (%d dropped so far)",
-                        msg.topic,
-                        reason,
-                        self.dropped,
+                if self._outage is not None and self._outage[1] > 0:
+                    _LOGGER.info(
+                        "mqtt: connected to %s after %d failed attempt(s) / %.1f s",
+                        where,
+                        self._outage[1],
+                        time.monotonic() - self._outage[0],
                     )
-            with self._lock:
-                if self._outbox and self._outbox[0] is msg:
-                    self._outbox.popleft()
+                else:
+                    _LOGGER.info("mqtt: connected to %s", where)
+                resend, self._outage, self._was_up = self._was_up, None, True
+                with self._lock:
+                    for stream, payload in self._states.items() if resend else ():
+                        # retained state again: a broker restarted without persistence lost it
+                        self._enqueue_text(self.topic(stream, "state"), payload, 1, True, "state")
+                    self._discovery.resend()
+            elif kind == "disconnected":
+                self._outage = (time.monotonic(), 0)
+                _LOGGER.warning(
+                    "mqtt: disconnected from %s (%s); %d message(s) kept",
+                    where,
+                    arg,
+                    len(self._outbox),
+                )
+            elif kind == "failed":
+                start, attempts = self._outage or (time.monotonic(), 0)
+                self._outage = (start, attempts + 1)
+                if attempts == 0:
+                    _LOGGER.warning(
+                        "mqtt: cannot connect to %s: %s; retrying with a backoff up to 30 s, "
+                        "messages wait in the outbox (%d)",
+                        where,
+                        arg,
+                        len(self._outbox),
+                    )
+                else:
+                    _LOGGER.debug("mqtt: connection attempt %d failed: %s", attempts + 1, arg)
+            elif kind == "ha-online":
+                with self._lock:
+                    self._discovery.resend()
 
-    def _publish_discovery(self, stream: str) -> None:
-        dev = {
-            "identifiers": [f"amulet_{stream}"],
-            "name": f"amulet {stream}",
-            "manufacturer": "amulet-stream",
-            "sw_version": __version__,
-        }
-        avail = {
-            "availability_topic": self.topic("status"),
-            "payload_available": "online",
-            "payload_not_available": "offline",
-        }
-        base = f"{self.settings.discovery_prefix}"
-        configs = {
-            f"{base}/binary_sensor/amulet_{stream}/anomaly/config": {
-                "name": "anomaly",
-                "unique_id": f"amulet_{stream}_anomaly",
-                "device_class": "problem",
-                "state_topic": self.topic(stream, "state"),
-                "value_template": "{{ 'ON' if value_json.state == 'anomaly' else 'OFF' }}",
-                "device": dev,
-                **avail,
-            },
-            f"{base}/sensor/amulet_{stream}/score/config": {
-                "name": "score",
-                "unique_id": f"amulet_{stream}_score",
-                "state_topic": self.topic(stream, "state"),
-                "value_template": "{{ value_json.score }}",
-                "device": dev,
-                **avail,
-            },
-        }
-        for topic, cfg in configs.items():
-            self._client.publish(topic, json.dumps(cfg), qos=1, retain=True)
+
+def _reason(err: BaseException | None) -> str:
+    """One line for a failed connection attempt."""
+    if err is None:
+        return "connection failed"
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate failed verification ({err.verify_message})"
+    if isinstance(err, ssl.SSLError):
+        return f"TLS: {err.reason or err}"
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused (no broker listening)"
+    if isinstance(err, socket.gaierror):
+        return f"unknown host ({err.strerror})"
+    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return f"{type(err).__name__}: {text}"
 
 
 def _utc_now() -> str:

@@ -133,7 +133,9 @@ def _parser() -> argparse.ArgumentParser:
 def _setup_logging(silent: bool) -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    for old in [h for h in root.handlers if h.get_name() == _CONSOLE]:
+    # ours from an earlier call, or a console handler another entry point (amulet-stream's
+    # basicConfig, in the same process) left on a stream that may be closed by now
+    for old in [h for h in root.handlers if type(h) is logging.StreamHandler]:
         root.removeHandler(old)
     h = logging.StreamHandler(sys.stderr)
     h.set_name(_CONSOLE)

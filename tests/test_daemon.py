@@ -21,7 +21,7 @@ from amulet_stream.model import BATCH, Model, default_model_path
 from amulet_stream.synth import Fault, generate
 from amulet_stream.wav import read_info, write_wav
 
-from .servers import wait_until
+from .servers import Mosquitto, Subscriber, have, wait_until
 
 BIN = Path(sys.executable).parent / "amulet-stream"
 EXPORT = Path(sys.executable).parent / "amulet-export"
@@ -221,16 +221,74 @@ def test_sighup_with_a_broken_model_keeps_the_old_one_scoring(
         assert d.stop() == 0
 
 
-def test_sigterm_exits_0_within_5_s(audio: dict[str, Path], tmp_path: Path) -> None:
+@pytest.fixture
+def broker(tmp_path: Path):
+    reason = have("mosquitto")
+    if reason:
+        pytest.skip(reason)
+    b = Mosquitto(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+def test_sigterm_exits_0_within_5_s_with_the_alert_delivered(
+    audio: dict[str, Path], tmp_path: Path, broker: Mosquitto
+) -> None:
+    sub = Subscriber(broker.port)
     cfg = tmp_path / "term.toml"
-    cfg.write_text(stream("m1", audio["faulty"], loop=True))
+    cfg.write_text(
+        stream("m1", audio["faulty"], loop=True)
+        + f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+    )
     d = Daemon(cfg)
-    d.wait_for("score", "m1", n=2)
-    t0 = time.monotonic()
-    d.proc.send_signal(signal.SIGTERM)
-    assert d.proc.wait(10) == 0
-    assert time.monotonic() - t0 < 5.0
-    d.stop()
+    try:
+        (alert,) = d.wait_for("anomaly", "m1", timeout=30)
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)  # at once: the alert may still be in the outbox
+        assert d.proc.wait(10) == 0
+        assert time.monotonic() - t0 < 5.0
+        sent = [json.loads(m.payload) for m in sub.on("amulet/m1/alert")]
+        assert alert["event_id"] in [m["event_id"] for m in sent]
+        state = json.loads(sub.on("amulet/m1/state")[-1].payload)
+        assert state["state"] == "anomaly" and state["event_id"] == alert["event_id"]
+    finally:
+        d.stop()
+        sub.close()
+
+
+def test_two_processes_on_one_broker_keep_their_own_availability(
+    audio: dict[str, Path], tmp_path: Path, broker: Mosquitto
+) -> None:
+    sub = Subscriber(broker.port)
+    mqtt = f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+    daemons = {}
+    for sid in ("left", "right"):
+        cfg = tmp_path / f"{sid}.toml"
+        cfg.write_text(stream(sid, audio["healthy"], loop=True) + mqtt)
+        daemons[sid] = Daemon(cfg)
+    try:
+        for d in daemons.values():
+            d.wait_for("score", n=2)
+
+        def status() -> dict[str, str]:
+            return {
+                m.topic: m.payload
+                for m in sub.messages
+                if m.topic.startswith("amulet/amulet-") and m.topic.endswith("/status")
+            }
+
+        wait_until(lambda: len(status()) == 2, 10, "two availability topics")
+        assert set(status().values()) == {"online"}
+        assert daemons["left"].stop() == 0
+        wait_until(lambda: "offline" in status().values(), 10, "left goes offline")
+        (left,) = [t for t, v in status().items() if v == "offline"]
+        (right,) = [t for t, v in status().items() if v == "online"]
+        assert "left" in left and "right" in right
+    finally:
+        for d in daemons.values():
+            d.stop()
+        sub.close()
 
 
 def test_a_source_that_fails_is_reopened_and_scoring_resumes(
