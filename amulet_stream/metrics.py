@@ -30,9 +30,9 @@ RELOAD_RESULTS = ("ok", "refused")
 class Metrics:
     """Every metric the monitor exports, registered on `registry`, with process_* metrics.
 
-    The amulet_mqtt_* metrics are registered by `mqtt_started()` or the first use of their
-    attributes, so a monitor without MQTT exports none of them (and no "MQTT disconnected"
-    alert can fire for it)."""
+    The amulet_mqtt_* metrics are registered by `mqtt_started()` (the sinks call it when MQTT
+    is configured), so a monitor without MQTT exports none of them (and no "MQTT
+    disconnected" alert can fire for it)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         s = ["stream"]
@@ -150,22 +150,22 @@ class Metrics:
             s,
             registry=registry,
         )
-        self._mqtt_connected = Gauge(
+        self.mqtt_connected = Gauge(
             "amulet_mqtt_connected", "1 while connected to the MQTT broker, else 0.", registry=None
         )
-        self._mqtt_queued = Gauge(
+        self.mqtt_queued = Gauge(
             "amulet_mqtt_queued_messages",
             "Messages waiting in the outbox for the MQTT broker.",
             registry=None,
         )
-        self._mqtt_dropped = Counter(
+        self.mqtt_dropped = Counter(
             "amulet_mqtt_dropped_messages",
             "MQTT messages never delivered (outbox full or refused by the broker), by kind: "
             "alert, state, score, other (availability, discovery).",
             ["kind"],
             registry=None,
         )
-        self._mqtt_connect_failures = Counter(
+        self.mqtt_connect_failures = Counter(
             "amulet_mqtt_connect_failures",
             "Failed attempts to connect to the MQTT broker (unknown host, refused, TLS, auth).",
             registry=None,
@@ -246,35 +246,11 @@ class Metrics:
             return
         self._mqtt_on = True
         for metric in (
-            self._mqtt_connected,
-            self._mqtt_queued,
-            self._mqtt_dropped,
-            self._mqtt_connect_failures,
+            self.mqtt_connected,
+            self.mqtt_queued,
+            self.mqtt_dropped,
+            self.mqtt_connect_failures,
         ):
             self._registry.register(metric)
         for kind in MQTT_KINDS:
-            self._mqtt_dropped.labels(kind)
-
-    @property
-    def mqtt_connected(self) -> Gauge:
-        """amulet_mqtt_connected (registered on first use)."""
-        self.mqtt_started()
-        return self._mqtt_connected
-
-    @property
-    def mqtt_queued(self) -> Gauge:
-        """amulet_mqtt_queued_messages (registered on first use)."""
-        self.mqtt_started()
-        return self._mqtt_queued
-
-    @property
-    def mqtt_dropped(self) -> Counter:
-        """amulet_mqtt_dropped_messages_total{kind} (registered on first use)."""
-        self.mqtt_started()
-        return self._mqtt_dropped
-
-    @property
-    def mqtt_connect_failures(self) -> Counter:
-        """amulet_mqtt_connect_failures_total (registered on first use)."""
-        self.mqtt_started()
-        return self._mqtt_connect_failures
+            self.mqtt_dropped.labels(kind)

@@ -55,6 +55,8 @@ class Sinks:
             )
             self._server, _ = serve(app, host, port)
         if self.mqtt is not None:
+            if self.metrics is not None:
+                self.metrics.mqtt_started()
             self.mqtt.start()
 
     def stream_started(self, stream: str, model: Model, threshold: float) -> None:

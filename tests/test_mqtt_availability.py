@@ -20,6 +20,7 @@ import pytest
 from amulet_stream.mqtt import MqttSettings, MqttSink
 
 from .servers import Mosquitto, Subscriber, have, wait_until
+from .test_mqtt import _score as score
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "ab" * 32
@@ -36,20 +37,6 @@ def broker(tmp_path: Path):
     b.start()
     yield b
     b.stop()
-
-
-def score(stream: str, start: float, value: float) -> dict[str, Any]:
-    """A score record as the pipeline prints it."""
-    return {
-        "event": "score",
-        "stream": stream,
-        "file": None,
-        "start": start,
-        "end": start + 1.0,
-        "score": value,
-        "threshold": 0.4,
-        "anomaly": value > 0.4,
-    }
 
 
 def change(stream: str, event: str, **extra: Any) -> dict[str, Any]:

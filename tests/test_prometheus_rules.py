@@ -115,7 +115,8 @@ def test_series_the_rules_rely_on() -> None:
     metrics.record({"event": "down", "stream": "pump-1", "reason": "device unplugged"})
     s = _series(registry)
     assert s['amulet_state{stream="pump-1"}'] == 3 and s['amulet_source_up{stream="pump-1"}'] == 0
-    metrics.mqtt_connected.set(0)  # the first use registers every MQTT series
+    assert not any(k.startswith("amulet_mqtt") for k in s)  # no MQTT configured yet
+    metrics.mqtt_started()  # the sinks call it when MQTT is configured
     s = _series(registry)
     assert s["amulet_mqtt_connected"] == 0 and s["amulet_mqtt_connect_failures_total"] == 0
     kinds = {k for k in s if k.startswith("amulet_mqtt_dropped_messages_total")}
