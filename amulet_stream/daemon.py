@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -31,23 +31,20 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .clips import ClipRecorder, ClipStore
-from .config import Config, ConfigError, SourceConfig, StreamConfig
-from .devices import DeviceError, resolve
+from .config import Config, ConfigError, StreamConfig
+from .devices import resolve
+from .feeds import Feed, Opened, Stream, feed_key, source_name
 from .integrity import IntegrityCheck, level_range
 from .model import Model, ModelError, default_model_path
 from .notify import Notifier
 from .output import JsonLines
 from .pipeline import F32, Record, StreamPipeline, utc_iso
 from .sinks import Sinks
-from .sources import LIVE_BLOCK_SECONDS, Block, DeviceSource, FileSource, StdinSource
-from .wav import WavError, read_info, select_channel
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
 EXIT_OK, EXIT_SOURCES_LOST = 0, 3
-QUEUE_BLOCKS = 40
-"""Blocks (0.1-0.25 s each) a stream's queue holds before its source thread waits."""
 TICK_SECONDS = 0.1
 BLOCKS_PER_TICK = 4
 """At most this many blocks (1 s) of a stream per tick: a backlog is worked off in steps, so
@@ -59,186 +56,6 @@ STOP_FLUSH_SECONDS = 3.0
 
 class DaemonError(ValueError):
     """A configuration the daemon cannot start with (exit 2): the message says why."""
-
-
-@dataclass
-class _Opened:
-    rate: int
-
-
-@dataclass
-class Stream:
-    """One monitored stream: its config, model, queue, pipeline and health."""
-
-    cfg: StreamConfig
-    model: Model
-    queue: queue.Queue[Block | _Opened] = field(default_factory=lambda: queue.Queue(QUEUE_BLOCKS))
-    pipe: StreamPipeline | None = None
-    clip: ClipRecorder | None = None
-    rate: int = 0
-    """The source's rate (Hz) since it last opened."""
-    down: bool = False
-    ended: bool = False
-
-    @property
-    def id(self) -> str:
-        """The stream id."""
-        return self.cfg.id
-
-
-class Feed:
-    """One source in its own thread, feeding one or more streams (one per channel)."""
-
-    def __init__(
-        self,
-        src: SourceConfig,
-        streams: list[Stream],
-        wake: threading.Event,
-        buffer: float,
-        duration: float | None = None,
-    ) -> None:
-        """`buffer`: device ring buffer, s; `duration`: end after this much audio, s."""
-        self.src = src
-        self.duration = duration
-        self.streams = streams
-        self.name = _source_name(src)
-        self.wake = wake
-        self.buffer = buffer
-        self.failures = 0
-        """Opens in a row that failed or delivered nothing."""
-        self.reopen_at: float | None = None
-        self.overflows = 0
-        self.last_data = time.monotonic()
-        self.outcome: str | None = None
-        """Why the thread ended: None while it runs; 'ended' at the end of a file or stdin."""
-        self._stop = threading.Event()
-        self._source: DeviceSource | FileSource | StdinSource | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def alive(self) -> bool:
-        """The thread runs."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> None:
-        """Open the source and deliver its blocks in a new thread."""
-        self._stop = threading.Event()
-        self.outcome = None
-        self.last_data = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name=f"feed-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Ask the thread to end; a thread stuck in a driver is left behind (daemon thread)."""
-        self._stop.set()
-        src = self._source
-        if isinstance(src, DeviceSource | FileSource):
-            src.stop()
-
-    def _open(self) -> DeviceSource | FileSource | StdinSource:
-        s = self.src
-        if s.kind == "file":
-            assert s.path is not None
-            info = read_info(s.path)
-            need = max((st.cfg.source.channel or 0) for st in self.streams) + 1
-            if need > info.channels:
-                raise WavError(f"{s.path} has {info.channels} channel(s), channel {need - 1} asked")
-            speed = 1.0 if s.realtime else None
-            return FileSource(info, None, speed, True, block_seconds=LIVE_BLOCK_SECONDS)
-        channels = s.channels or max((st.cfg.source.channel or 0) for st in self.streams) + 1
-        if s.kind == "stdin":
-            assert s.rate is not None
-            return StdinSource(s.rate, channels, keep_channels=True)
-        dev = resolve(s.device)  # by name each time: indexes change after a replug
-        if channels > dev.channels:
-            raise DeviceError(
-                f"device {dev.name!r} has {dev.channels} input channels, {channels} asked"
-            )
-        _LOGGER.info(
-            "%s: opening %d: %s at %d Hz",
-            self.name,
-            dev.index,
-            dev.name,
-            s.rate or dev.default_rate,
-        )
-        return DeviceSource(
-            dev.index,
-            s.rate or dev.default_rate,
-            channels,
-            buffer_seconds=self.buffer,
-            keep_channels=True,
-        )
-
-    def _run(self) -> None:
-        t0, done = time.time(), 0
-        try:
-            while True:  # once, or again and again for a looping file
-                self._source = source = self._open()
-                if done == 0:
-                    self._put_all([_Opened(source.rate)] * len(self.streams))
-                    t0 = time.time()
-                limit = None if self.duration is None else round(self.duration * source.rate)
-                for block in source.blocks():
-                    if self._stop.is_set():
-                        return
-                    self.last_data = time.monotonic()
-                    when = block.capture_time
-                    if when is None:
-                        when = t0 + done / source.rate
-                    raw = block.samples if limit is None else block.samples[: limit - done]
-                    self._put_all(
-                        [Block(_select(raw, st.cfg.source.channel), when) for st in self.streams]
-                    )
-                    done += raw.shape[0]
-                    if isinstance(source, DeviceSource):
-                        self.overflows = source.input_overflows + source.ring.overflowed
-                    if limit is not None and done >= limit:
-                        break
-                else:
-                    if self.src.kind == "file" and self.src.loop and not self._stop.is_set():
-                        continue
-                break
-            self.outcome = "ended"
-        except Exception as err:
-            self.outcome = (
-                f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
-            )
-        finally:
-            self.wake.set()
-
-    def _put_all(self, items: list[Block | _Opened]) -> None:
-        """items[k] to streams[k], waiting while a queue is full (the source's ring fills)."""
-        for st, item in zip(self.streams, items, strict=True):
-            while not self._stop.is_set():
-                try:
-                    st.queue.put(item, timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
-        self.wake.set()
-
-
-def _select(samples: F32, channel: int | None) -> F32:
-    return samples if samples.ndim == 1 else select_channel(samples, channel)
-
-
-def _source_name(src: SourceConfig) -> str:
-    if src.kind == "file":
-        return f"file:{src.path}"
-    return (
-        "stdin"
-        if src.kind == "stdin"
-        else f"device:{src.device if src.device is not None else 'default'}"
-    )
-
-
-def _feed_key(src: SourceConfig) -> tuple[Any, ...]:
-    """Streams whose sources have the same key share one opened source."""
-    if src.kind == "file":
-        return ("file", src.path, src.realtime, src.loop)
-    if src.kind == "stdin":
-        return ("stdin",)
-    return ("device", src.device, src.rate, src.channels)
 
 
 def default_client_id(streams: tuple[StreamConfig, ...]) -> str:
@@ -398,7 +215,7 @@ class Daemon:
     def _start_feeds(self) -> None:
         groups: dict[tuple[Any, ...], list[Stream]] = {}
         for st in self.streams.values():
-            groups.setdefault(_feed_key(st.cfg.source), []).append(st)
+            groups.setdefault(feed_key(st.cfg.source), []).append(st)
         self.feeds = [
             Feed(sts[0].cfg.source, sts, self.wake, self.buffer, self.duration)
             for sts in groups.values()
@@ -437,7 +254,7 @@ class Daemon:
                 item = st.queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, _Opened):
+            if isinstance(item, Opened):
                 if chunks and st.pipe is not None:
                     self._deliver(st, st.pipe.score(np.concatenate(chunks)))
                 chunks = []
@@ -480,7 +297,7 @@ class Daemon:
         if st.down:
             st.down = False
             self.sinks.stream_up(st.id)
-        _LOGGER.info("%s: audio from %s at %d Hz", st.id, _source_name(c.source), rate)
+        _LOGGER.info("%s: audio from %s at %d Hz", st.id, source_name(c.source), rate)
 
     def _finish(self, st: Stream) -> None:
         """Close a stream's pipeline: flush its last frames and its pending clip."""
