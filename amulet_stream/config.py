@@ -357,7 +357,7 @@ def load(path: Path) -> Config:
         source,
         model,
         det,
-        build(MqttSettings, mq, f"{path}: mqtt") if "mqtt" in doc else None,
+        build(MqttSettings, mq, str(path)) if "mqtt" in doc else None,
         MetricsConfig(**sec["metrics"]),
         streams,
         build(DaemonConfig, dmn, f"{path}: daemon"),

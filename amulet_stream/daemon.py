@@ -40,6 +40,7 @@ from .notify import Notifier
 from .output import JsonLines
 from .pipeline import F32, Record, StreamPipeline, utc_iso
 from .sinks import Sinks
+from .wav import WavError, read_info
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -148,10 +149,19 @@ class Daemon:
             src = s.source
             if src.kind == "stdin" and not src.rate:
                 raise DaemonError(
-                    f"stream {s.id!r}: a stdin source needs a rate (raw PCM has no header)"
+                    f"stream {s.id!r}: a stdin source needs a rate (--rate, or rate in the "
+                    "config): raw PCM has no header"
                 )
-            if src.kind == "file" and src.path is not None and not src.path.is_file():
-                raise DaemonError(f"stream {s.id!r}: {src.path}: no such file")
+            if src.kind == "file" and src.path is not None:
+                try:  # a wrong file is a mistake (exit 2); a file that fails later is not
+                    info = read_info(src.path)
+                except WavError as err:
+                    raise DaemonError(f"stream {s.id!r}: {err}") from err
+                if (src.channel or 0) >= info.channels:
+                    raise DaemonError(
+                        f"stream {s.id!r}: {src.path} has {info.channels} channel(s), "
+                        f"channel {src.channel} asked"
+                    )
             if src.kind == "device":  # a typo is a user mistake (exit 2); a later loss is not
                 dev = resolve(src.device)
                 need = src.channels or (src.channel or 0) + 1

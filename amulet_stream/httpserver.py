@@ -165,6 +165,8 @@ def parse_address(text: str) -> tuple[str, int]:
         number = int(port)
     except ValueError as err:
         raise ListenError(f"metrics address {text!r}: port must be a number") from err
+    if not 0 <= number <= 65535:
+        raise ListenError(f"metrics address {text!r}: port must be 0 to 65535")
     return host.strip("[]") or "127.0.0.1", number
 
 
