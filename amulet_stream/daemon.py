@@ -353,6 +353,7 @@ class Daemon:
     def _ready_once(self) -> None:
         if not self._ready:
             self._ready = True
+            self.sinks.audio_flows()
             self.notifier.ready(self._status())
 
     # -- health: lost and stalled sources, reopen with backoff ------------------------------

@@ -32,6 +32,7 @@ class Sinks:
     ) -> None:
         """`model` answers /submit; `state_dir` keeps what MQTT announced between starts."""
         self.out = out
+        self.live = live
         self.mqtt = MqttSink(cfg.mqtt, state_dir) if cfg.mqtt is not None else None
         self.registry: CollectorRegistry | None = None
         self.metrics: Metrics | None = None
@@ -66,7 +67,7 @@ class Sinks:
         if self.metrics is not None:
             self.metrics.stream_started(stream, model.sha256, model.profile.name, threshold)
             self.metrics.source_up.labels(stream).set(1)
-            self.metrics.ready = True
+            self.metrics.ready |= not self.live  # live: once audio flows (audio_flows)
 
     def prune(self, streams: set[str]) -> None:
         """Forget (in Home Assistant) streams announced before and no longer configured."""
@@ -79,6 +80,11 @@ class Sinks:
             self.mqtt.remove_stream(stream)
         if self.metrics is not None:
             self.metrics.stream_removed(stream)
+
+    def audio_flows(self) -> None:
+        """The first audio arrived: /readyz answers 200."""
+        if self.metrics is not None:
+            self.metrics.ready = True
 
     def stream_up(self, stream: str) -> None:
         """Audio flows again after the source was down."""

@@ -81,6 +81,13 @@ def _up(port: int) -> bool:
         return False
 
 
+def _listening(port: int) -> bool:
+    try:
+        return _get(port, "/metrics")[0] == 200
+    except OSError:
+        return False
+
+
 def _samples(port: int) -> dict[str, float]:
     text = _get(port, "/metrics")[1].decode()
     out: dict[str, float] = {}
@@ -180,7 +187,8 @@ def test_submit_size_limit(tmp_path: Path, audio: tuple[Path, bytes]) -> None:
         stdout=subprocess.DEVNULL,
     )
     try:
-        wait_until(lambda: _up(port), 15, "the listener")
+        wait_until(lambda: _listening(port), 15, "the listener")
+        assert _get(port, "/readyz")[0] == 503  # no audio has arrived yet
         status, err = _post(port, *_multipart("data_file", "big.wav", audio[0].read_bytes()))
         assert status == 413 and "exceeds" in err["error"]
     finally:
@@ -233,10 +241,20 @@ def test_listener_errors_are_clear(audio: tuple[Path, bytes]) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = subprocess.run([BIN, "replay", audio[0], "--metrics", f"127.0.0.1:{port}"],
-                              capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.run(
+            [BIN, "replay", audio[0], "--metrics", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     assert proc.returncode == 2
     assert f"metrics listener 127.0.0.1:{port}: Address already in use" in proc.stderr
-    proc = subprocess.run([BIN, "replay", audio[0], "--metrics", "localhost:http"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [BIN, "replay", audio[0], "--metrics", "localhost:http"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2 and "port must be a number" in proc.stderr
