@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import numpy.typing as npt
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .features import Profile
 
@@ -32,6 +33,10 @@ class VectorStream:
         self._buf_start = 0  # stream index of _buf[0]
         self._frames = 0  # frames computed so far
         self._tail = np.zeros((0, profile.frame_dim))  # features of the last stack-1 frames
+
+    @cached_property
+    def _cols(self) -> npt.NDArray[np.int64]:
+        return np.arange(self.profile.n_fft)
 
     def _frame_start(self, j: int) -> int:
         return self.profile.offset + j * self.profile.step
@@ -74,14 +79,13 @@ class VectorStream:
         """Features (stop - first, K) of frames first..stop-1, in grid-aligned chunks."""
         p = self.profile
         out = np.empty((stop - first, p.frame_dim))
-        view = sliding_window_view(self._buf, p.n_fft)
         j = first
         while j < stop:
             base = j - j % CHUNK
             hi = min(stop, base + CHUNK)
             rows = np.zeros((CHUNK, p.n_fft), np.float32)
             idx = self._frame_start(j) - self._buf_start + np.arange(hi - j) * p.step
-            rows[j - base : hi - base] = view[idx]
+            rows[j - base : hi - base] = self._buf[idx[:, None] + self._cols]
             bad = ~np.isfinite(rows).all(axis=1)
             rows[bad] = 0.0
             feats = p.frame_features(rows)
