@@ -241,6 +241,7 @@ class Daemon:
             vectors = self._take(st)
             if vectors is not None and st.pipe is not None:
                 todo.setdefault(id(st.model), []).append((st, vectors))
+        overflows = {id(st): f.overflows for f in self.feeds for st in f.streams}
         for group in todo.values():
             model = group[0][0].model
             pending = [(st, v) for st, v in group if v.shape[0]]
@@ -255,7 +256,7 @@ class Daemon:
             for st, v in group:
                 assert st.pipe is not None
                 self._deliver(st, st.pipe.score(v, scores.get(id(st))))
-                self.sinks.after_block(st.id, st.pipe.stats, self._overflows(st))
+                self.sinks.after_block(st.id, st.pipe.stats, overflows.get(id(st), 0))
 
     def _take(self, st: Stream) -> F32 | None:
         chunks: list[F32] = []
@@ -346,9 +347,6 @@ class Daemon:
         if written or failed:
             self.sinks.clips(st.id, written, failed)
         return result
-
-    def _overflows(self, st: Stream) -> int:
-        return next((f.overflows for f in self.feeds if st in f.streams), 0)
 
     def _ready_once(self) -> None:
         if not self._ready:

@@ -29,7 +29,7 @@ class Opened:
     rate: int
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a stream is one object, whatever its fields
 class Stream:
     """One monitored stream: its config, model, queue, pipeline and health."""
 

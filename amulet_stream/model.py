@@ -24,6 +24,9 @@ INPUT_NAME = "features"
 OUTPUT_NAME = "score"
 BATCH = 32
 """Vectors per onnxruntime call: always exactly this many rows (zero-padded)."""
+MAX_ROWS = 1024
+"""Rows of one score_many call at most: onnxruntime's arena grows to its largest call (a call
+for 256 streams at once left the process 72 MB larger, in calls of 16 streams 6.7 MB)."""
 REQUIRED = (
     "format_version",
     "profile",
@@ -164,6 +167,11 @@ class Model:
         in one of 32 for our models: checked by tests/test_daemon.py)."""
         if len(parts) == 1:
             return [self.score_vectors(*parts[0])]
+        total = 0
+        for k, (vectors, first) in enumerate(parts):
+            total += -(-(first % BATCH + vectors.shape[0]) // BATCH) * BATCH
+            if total > MAX_ROWS and k > 0:  # onnxruntime keeps memory for its largest call
+                return self.score_many(parts[:k]) + self.score_many(parts[k:])
         b = BATCH
         spans = [(first % b, vectors.shape[0]) for vectors, first in parts]
         rows = [-(-(pos + m) // b) * b for pos, m in spans]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -110,6 +111,7 @@ class StdinSource:
         self.keep_channels = keep_channels
         self.name = "stdin"
         self._stream = stream or sys.stdin.buffer
+        self._fd = sys.stdin.fileno() if stream is None else None
 
     def blocks(self) -> Iterator[Block]:
         """Blocks of LIVE_BLOCK_SECONDS as they arrive; ends at end of input."""
@@ -117,9 +119,14 @@ class StdinSource:
         want = max(1, int(self.rate * LIVE_BLOCK_SECONDS)) * frame
         t_start: float | None = None
         done = 0
-        while data := self._stream.read(want):
-            ints = np.frombuffer(data[: len(data) - len(data) % frame], dtype="<i2")
-            ints = ints.reshape(-1, self.channels)
+        rest = b""  # bytes of an incomplete frame, kept for the next read
+        while data := self._read(want - len(rest)):
+            data = rest + data
+            cut = len(data) - len(data) % frame
+            data, rest = data[:cut], data[cut:]
+            if not data:
+                continue
+            ints = np.frombuffer(data, dtype="<i2").reshape(-1, self.channels)
             if t_start is None:
                 t_start = time.time() - ints.shape[0] / self.rate
             block = ints.astype(np.float32) / 32768.0
@@ -127,6 +134,24 @@ class StdinSource:
                 block = select_channel(block, self.channel)
             yield Block(block, t_start + done / self.rate)
             done += ints.shape[0]
+
+    def _read(self, n: int) -> bytes:
+        """Up to n bytes (fewer only at the end of input); b"" at the end.
+
+        The process's own stdin is read with os.read on its descriptor, not through Python's
+        buffered reader: a thread blocked in the buffered reader aborts the interpreter at
+        exit (SIGTERM while waiting for audio)."""
+        if self._fd is None:
+            return self._stream.read(n)
+        chunks: list[bytes] = []
+        got = 0
+        while got < n:
+            chunk = os.read(self._fd, n - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
 
 
 class DeviceSource:

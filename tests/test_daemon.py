@@ -187,8 +187,8 @@ def test_streams_sharing_a_model_are_scored_as_if_alone() -> None:
     rng = np.random.default_rng(3)
     parts = [
         (rng.normal(size=(n, model.profile.dim)).astype(np.float32) * 5, first)
-        for n, first in ((3, 0), (40, 7), (1, 31), (BATCH, 64))
-    ]
+        for n, first in ((3, 0), (40, 7), (1, 31), (BATCH, 64), *[(500, 5)] * 3)
+    ]  # the last three go beyond MAX_ROWS: several onnxruntime calls
     together = model.score_many(parts)
     for (vectors, first), scores in zip(parts, together, strict=True):
         assert np.array_equal(scores, model.score_vectors(vectors, first))
@@ -410,3 +410,24 @@ def test_stream_ids_and_sources_are_checked_at_start(audio: dict[str, Path], tmp
         check=False,
     )
     assert proc.returncode == 2 and "set the source of each stream there" in proc.stderr
+
+
+def test_sigterm_while_stdin_waits_for_audio_exits_0(tmp_path: Path) -> None:
+    # `arecord | amulet-stream run --source stdin`: the feed thread blocks in a read
+    proc = subprocess.Popen(
+        [BIN, "run", "--source", "stdin", "--rate", "16000", "-q"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b"\0\1" * 8000)  # half a second, then nothing
+    proc.stdin.flush()
+    time.sleep(2)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(10)
+    proc.stdin.close()
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    assert code == 0 and time.monotonic() - t0 < 5.0, err
+    assert "Fatal Python error" not in err
