@@ -259,6 +259,8 @@ class Daemon:
                 self.sinks.after_block(st.id, st.pipe.stats, overflows.get(id(st), 0))
 
     def _take(self, st: Stream) -> F32 | None:
+        """The vectors (n, D) of the audio a stream's queue holds (at most BLOCKS_PER_TICK
+        blocks); None when it had none."""
         chunks: list[F32] = []
         while len(chunks) < BLOCKS_PER_TICK:
             try:
@@ -286,9 +288,9 @@ class Daemon:
                 )
             chunks.append(st.pipe.take(item))
             self._ready_once()
-        if st.pipe is None:
-            return None
-        return np.concatenate(chunks) if chunks else np.zeros((0, st.model.profile.dim), np.float32)
+        if st.pipe is None or not chunks:
+            return None  # nothing new this tick
+        return np.concatenate(chunks)
 
     def _opened(self, st: Stream, rate: int) -> None:
         """A (re)opened source: a new pipeline, anchored at its first sample."""
