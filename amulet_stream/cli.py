@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -123,7 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     live.add_argument("--source", choices=["device", "stdin"])
     live.add_argument("--device", help="input device name (or part of it) or index")
     live.add_argument("--rate", type=int, help="capture rate, Hz (stdin: required)")
-    live.add_argument("--channels", type=int, help="channels to open (default 1)")
+    live.add_argument(
+        "--channels", type=int, help="channels to open (default: enough for --channel)"
+    )
     live.add_argument("--duration", type=float, help="stop after this many seconds of audio")
     live.add_argument(
         "--buffer",
@@ -190,15 +193,20 @@ def _config(args: argparse.Namespace) -> Config:
     if getattr(args, "source", None):
         source["kind"] = args.source
     mqtt = cfg.mqtt
-    if args.mqtt:
+    if args.mqtt is not None:
         host, _, port = args.mqtt.rpartition(":") if ":" in args.mqtt else (args.mqtt, "", "")
-        if port and not port.isdigit():
+        if port and not port.lstrip("-").isdigit():
             raise UsageError(f"--mqtt {args.mqtt!r}: port must be a number")
-        mqtt = dataclasses.replace(
-            mqtt or MqttSettings(),
-            host=host.strip("[]") or "127.0.0.1",
-            port=int(port) if port else 1883,
-        )
+        if not args.mqtt.strip():
+            raise UsageError("--mqtt needs the broker: HOST or HOST:PORT")
+        try:
+            mqtt = dataclasses.replace(
+                mqtt or MqttSettings(),
+                host=host.strip("[]") or "127.0.0.1",
+                port=int(port) if port else 1883,
+            )
+        except MqttConfigError as err:
+            raise UsageError(f"--mqtt {args.mqtt!r}: {err}") from err
     metrics = cfg.metrics
     if args.metrics or args.http_submit:
         listen = args.metrics or metrics.listen or f"127.0.0.1:{DEFAULT_PORT}"
@@ -206,8 +214,10 @@ def _config(args: argparse.Namespace) -> Config:
             metrics, listen=listen, submit=metrics.submit or args.http_submit
         )
     source = {k: v for k, v in source.items() if v is not None}
+    if cfg.streams and args.command == "replay":  # replay as one of the config's streams
+        cfg = _replay_as(cfg, source.pop("stream", None))
     if cfg.streams and source:
-        flags = ", ".join("--" + k for k in source)
+        flags = ", ".join("--" + ("source" if k == "kind" else k) for k in source)
         raise UsageError(
             f"{flags}: the config has [[stream]] tables; set the source of each stream there"
         )
@@ -228,6 +238,27 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 T = TypeVar("T")
+
+
+def _replay_as(cfg: Config, stream: str | None) -> Config:
+    """A config with [[stream]] tables for replay: --stream ID takes that stream's model and
+    detector settings (e.g. to replay one of its evidence clips); without it, the defaults."""
+    ids = [s.id for s in cfg.streams]
+    if stream is None:
+        if len(ids) > 1:
+            _LOGGER.info("replay: [model] and [detector] defaults; --stream ID takes a stream's")
+        return dataclasses.replace(cfg, streams=())
+    match = [s for s in cfg.streams if s.id == stream]
+    if not match:
+        raise UsageError(f"--stream {stream!r}: the config has no such stream ({', '.join(ids)})")
+    (s,) = match
+    return dataclasses.replace(
+        cfg,
+        source=dataclasses.replace(cfg.source, stream=s.id),
+        model=s.model,
+        detector=s.detector,
+        streams=(),
+    )
 
 
 def _flagged(obj: T, flags: dict[str, Any]) -> T:
@@ -397,6 +428,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--buffer must be between 0.5 and 600 seconds, not {args.buffer:g}")
     if args.duration is not None and not 0 < args.duration < float("inf"):
         raise UsageError(f"--duration must be a positive number of seconds, not {args.duration:g}")
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the daemon handles it: never fatal
     cfg = _config(args)
     for stream in cfg.all_streams():
         if stream.model.path is None or stream.model.path == default_model_path():
@@ -450,8 +482,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(Model(args.model).info(), indent=2))
             return EXIT_OK
         if args.command == "devices":
-            for dev in list_inputs():
+            devices = list_inputs()
+            for dev in devices:
                 print(json.dumps(dev.to_dict()))
+            if not devices:
+                _LOGGER.warning("no input devices found (is a microphone or sound card attached?)")
             return EXIT_OK
         if args.command == "replay":
             return _replay(args)

@@ -69,6 +69,13 @@ class SourceConfig:
             )
         if isinstance(self.device, str) and not self.device.strip():
             raise ValueError("device must name a device (or part of its name), not ''")
+        if self.kind != "file" and self.path is not None:
+            raise ValueError(
+                f"path is for kind = 'file' (this source is kind = {self.kind!r}"
+                + (", the default)" if self.kind == "device" else ")")
+            )
+        if self.kind == "file" and (self.device, self.rate, self.channels) != (None,) * 3:
+            raise ValueError("kind = 'file' takes no device, rate or channels: the wav sets them")
         if self.kind == "file" and self.path is None:
             raise ValueError("path is needed for kind = 'file' (the wav to play)")
 
@@ -282,6 +289,11 @@ def _stream(path: Path, table: Any, i: int, defaults: StreamConfig) -> StreamCon
     keys = _check(path, table, "stream", f"stream[{i + 1}]")
     if "id" not in keys:
         raise ConfigError(f'{path}: [[stream]] number {i + 1} needs an id (e.g. id = "pump-3")')
+    if not STREAM_ID.fullmatch(keys["id"]):
+        raise ConfigError(
+            f"{path}: stream id {keys['id']!r}: use 1 to 64 letters, digits, '_' or '-' "
+            "(it becomes an MQTT topic level)"
+        )
     where = f"{path}: stream {keys['id']!r}"
     src = {k: v for k, v in keys.items() if k in _SOURCE}
     src["stream"] = keys["id"]
@@ -341,8 +353,6 @@ def load(path: Path) -> Config:
     for key in ("password_file", "ca_file", "cert_file", "key_file"):
         if key in mq:
             mq[key] = _resolve(path, mq[key])
-    if mq.get("qos", 1) not in (0, 1, 2) or mq.get("queue_limit", 1) < 1:
-        raise ConfigError(f"{path}: mqtt.qos must be 0, 1 or 2 and mqtt.queue_limit >= 1")
     if "password_file" in mq and "password_env" in mq:
         raise ConfigError(f"{path}: give mqtt.password_file or mqtt.password_env, not both")
     dmn = sec["daemon"]
@@ -352,6 +362,8 @@ def load(path: Path) -> Config:
     if "clips" in doc and "folder" not in clips:
         raise ConfigError(f"{path}: clips.folder is needed (where evidence clips go)")
     if "folder" in clips:
+        if not clips["folder"].strip():
+            raise ConfigError(f"{path}: clips.folder is empty: give the folder for the clips")
         clips["folder"] = _resolve(path, clips["folder"])
     return Config(
         source,

@@ -32,7 +32,7 @@ import numpy as np
 
 from .clips import ClipRecorder, ClipStore
 from .config import Config, ConfigError, StreamConfig
-from .devices import resolve
+from .devices import DeviceError, resolve
 from .feeds import Feed, Opened, Stream, feed_key, source_name
 from .integrity import IntegrityCheck, level_range
 from .model import Model, ModelError, default_model_path
@@ -215,9 +215,7 @@ class Daemon:
             self._tick()  # what was captured before the stop
             for st in self.streams.values():
                 self._finish(st)
-            undelivered = self.sinks.close(STOP_FLUSH_SECONDS)
-            if undelivered:
-                _LOGGER.warning("%d MQTT message(s) not delivered at exit", undelivered)
+            self.sinks.close(STOP_FLUSH_SECONDS)  # logs what MQTT could not deliver
             for sig, old in handlers.items():
                 signal.signal(sig, old)
         return EXIT_OK if code is None else code
@@ -302,7 +300,8 @@ class Daemon:
             if c.model.hop is None
             else max(1, round(c.model.hop * st.model.profile.rate / st.model.profile.step))
         )
-        st.pipe = StreamPipeline(st.model, rate, st.id, None, c.detector, hop, integrity)
+        file = str(c.source.path) if c.source.kind == "file" else None
+        st.pipe = StreamPipeline(st.model, rate, st.id, file, c.detector, hop, integrity)
         st.rate = rate
         if self.clips is not None:
             st.clip = ClipRecorder(self.clips, st.id, rate, st.model.sha256)
@@ -410,7 +409,11 @@ class Daemon:
         wait = min(2.0 ** (feed.failures - 1), self.cfg.daemon.reopen_max_seconds)
         feed.reopen_at = time.monotonic() + wait
         _LOGGER.warning(
-            "%s: %s; reopening in %.0f s (attempt %d)", feed.name, reason, wait, feed.failures
+            "%s: %s; reopening in %.0f s (attempt %d)",
+            ", ".join(st.id for st in feed.streams),
+            reason,
+            wait,
+            feed.failures,
         )
 
     def _down(self, feed: Feed, reason: str) -> None:
@@ -477,6 +480,13 @@ class Daemon:
         try:
             cfg = self._reload_config() if self._reload_config is not None else self.cfg
         except (ConfigError, ValueError) as err:
+            _LOGGER.error("reload refused: %s; going on with the running config", err)
+            self.sinks.reloaded("refused")
+            self.notifier.ready(self._status())
+            return
+        try:
+            self._check_sources(cfg)
+        except (DaemonError, DeviceError) as err:
             _LOGGER.error("reload refused: %s; going on with the running config", err)
             self.sinks.reloaded("refused")
             self.notifier.ready(self._status())

@@ -146,7 +146,7 @@ class Feed:
                         return
                     self.last_data = time.monotonic()
                     when = block.capture_time
-                    if when is None:
+                    if when is None and self.src.realtime:  # a wav played as a live stream
                         when = t0 + done / source.rate
                     raw = block.samples if limit is None else block.samples[: limit - done]
                     self._put_all(

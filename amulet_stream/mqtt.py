@@ -75,6 +75,14 @@ class MqttSettings:
     """Seconds between score messages when homeassistant is on and scores off (max score)."""
 
     def __post_init__(self) -> None:
+        if not self.host.strip():
+            raise MqttConfigError("mqtt.host is empty: give the broker's name or address")
+        if not 1 <= self.port <= 65535:
+            raise MqttConfigError(f"mqtt.port must be 1 to 65535, not {self.port}")
+        if self.qos not in (0, 1, 2):
+            raise MqttConfigError(f"mqtt.qos must be 0, 1 or 2, not {self.qos}")
+        if self.queue_limit < 1:
+            raise MqttConfigError(f"mqtt.queue_limit must be at least 1, not {self.queue_limit}")
         if not self.score_interval >= 0:
             raise MqttConfigError(
                 f"mqtt.score_interval must be 0 or more seconds, not {self.score_interval}"

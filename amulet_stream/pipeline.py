@@ -234,7 +234,12 @@ class StreamPipeline:
             if not ok:
                 continue
             t_start, t_end = self.unit_times(i)
-            flag = self.detector.is_anomalous(score)
+            # a window over audio that is not the motor's (input problem) is reported, never
+            # anomalous: the detector does not see it
+            held = self.integrity is not None and self.integrity.troubled(
+                round(t_start * self._source_rate), round(t_end * self._source_rate)
+            )
+            flag = not held and self.detector.is_anomalous(score)
             self.stats.windows += 1
             self.stats.anomalous_windows += int(flag)
             self.stats.max_score = max(self.stats.max_score, score)
@@ -247,10 +252,8 @@ class StreamPipeline:
                 "threshold": thr,
             }
             records.append({"event": "score", **base, "anomaly": flag})
-            if self.integrity is not None and self.integrity.troubled(
-                round(t_start * self._source_rate), round(t_end * self._source_rate)
-            ):
-                continue  # the input is not the motor's: the detector does not see it
+            if held:
+                continue
             change = self.detector.update(score)
             if change is not None:
                 end_sample = p.offset + i * self.hop * p.step + p.span

@@ -385,7 +385,7 @@ def test_clips_are_written_bounded_and_replay_to_the_same_alert(
 
 def test_stream_ids_and_sources_are_checked_at_start(audio: dict[str, Path], tmp_path: Path):
     for body, words in (
-        (stream("a+b", audio["healthy"]), "stream 'a+b': use 1 to 64 letters"),
+        (stream("a+b", audio["healthy"]), "stream id 'a+b': use 1 to 64 letters"),
         (stream("m1", audio["healthy"]) + stream("m1", audio["faulty"]), "used twice"),
         (stream("m1", tmp_path / "none.wav"), "no such file"),
         ('[[stream]]\nid = "s"\nkind = "stdin"\n', "needs a rate"),
@@ -431,3 +431,21 @@ def test_sigterm_while_stdin_waits_for_audio_exits_0(tmp_path: Path) -> None:
     err = proc.stderr.read().decode() if proc.stderr else ""
     assert code == 0 and time.monotonic() - t0 < 5.0, err
     assert "Fatal Python error" not in err
+
+
+def test_a_reload_with_a_broken_source_is_refused(audio: dict[str, Path], tmp_path: Path):
+    cfg = tmp_path / "src.toml"
+    cfg.write_text(stream("m1", audio["healthy"], loop=True))
+    d = Daemon(cfg)
+    try:
+        d.wait_for("score", "m1", n=2)
+        text = tmp_path / "text.wav"
+        text.write_text("not audio")
+        cfg.write_text(stream("m1", text, loop=True))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: b"reload refused" in d.stderr, 15, "the refusal")
+        n = len(d.events("score", "m1"))
+        d.wait_for("score", "m1", n=n + 4)  # the running source goes on
+        assert not d.events("down", "m1")
+    finally:
+        assert d.stop() == 0
