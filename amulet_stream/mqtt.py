@@ -37,6 +37,8 @@ from .homeassistant import STREAM_ID, Announced, Discovery, StreamTopics, node_i
 from .outbox import Message, Outbox
 
 _LOGGER = logging.getLogger(__name__)
+SILENT_SECONDS = 10.0
+"""A connection that neither succeeds nor fails for this long is reported once."""
 
 STATES = ("normal", "anomaly", "input_problem", "down")
 
@@ -157,6 +159,7 @@ class MqttSink:
         )
         self._bad_streams: set[str] = set()
         self._outage: tuple[float, int] | None = None  # (start, failed attempts) while away
+        self._silent_warned = False
         self._was_up = False  # connected at least once (sender thread only)
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
@@ -475,6 +478,7 @@ class MqttSink:
             try:
                 kind, arg = self._notes.get_nowait()
             except queue.Empty:
+                self._check_silent(where)
                 return
             if kind == "connected":
                 if self._outage is not None and self._outage[1] > 0:
@@ -487,6 +491,7 @@ class MqttSink:
                 else:
                     _LOGGER.info("mqtt: connected to %s", where)
                 resend, self._outage, self._was_up = self._was_up, None, True
+                self._silent_warned = False
                 with self._lock:
                     for stream, payload in self._states.items() if resend else ():
                         # retained state again: a broker restarted without persistence lost it
@@ -516,6 +521,22 @@ class MqttSink:
             elif kind == "ha-online":
                 with self._lock:
                     self._discovery.resend()
+
+    def _check_silent(self, where: str) -> None:
+        """Warn once when a connection neither fails nor succeeds (a broker that accepts the
+        TCP connection and never answers): otherwise nothing would say why nothing is sent."""
+        if self.connected or self._outage is None or self._outage[1] > 0 or self._silent_warned:
+            return
+        waited = time.monotonic() - self._outage[0]
+        if waited >= SILENT_SECONDS:
+            self._silent_warned = True
+            _LOGGER.warning(
+                "mqtt: no answer from %s after %.0f s (is it an MQTT broker?); still trying, "
+                "messages wait in the outbox (%d)",
+                where,
+                waited,
+                len(self._outbox),
+            )
 
 
 def _reason(err: BaseException | None) -> str:

@@ -251,3 +251,32 @@ def test_state_and_alert_share_the_event_id(broker: Mosquitto) -> None:
     finally:
         sink.close()
         sub.close()
+
+
+def test_a_broker_that_never_answers_is_reported_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    import amulet_stream.mqtt as mqtt_module
+
+    monkeypatch.setattr(mqtt_module, "SILENT_SECONDS", 1.0)  # 10 s in service
+    caplog.set_level(logging.INFO, logger="amulet_stream.mqtt")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # accepts TCP connections (the kernel does) and never answers MQTT
+    port = silent.getsockname()[1]
+    sink = MqttSink(MqttSettings(host="127.0.0.1", port=port, client_id="patient"))
+    sink.start()
+    try:
+
+        def lines() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "no answer" in r.getMessage()]
+
+        wait_until(lambda: bool(lines()), 5, "the no-answer warning")
+        time.sleep(1.5)
+        assert len(lines()) == 1 and f"no answer from 127.0.0.1:{port}" in lines()[0]
+        assert not sink.connected
+    finally:
+        sink.close(timeout=0.5)
+        silent.close()
