@@ -32,6 +32,7 @@ import numpy as np
 
 from .clips import ClipRecorder, ClipStore
 from .config import Config, ConfigError, StreamConfig
+from .detector import effective_threshold
 from .devices import DeviceError, resolve
 from .feeds import Feed, Opened, Stream, feed_key, source_name
 from .integrity import IntegrityCheck, level_range
@@ -172,9 +173,7 @@ class Daemon:
                     )
 
     def _announce(self, st: Stream) -> None:
-        thr = StreamPipeline(
-            st.model, st.model.profile.rate, st.id, None, st.cfg.detector
-        ).detector.threshold
+        thr = effective_threshold(st.model.threshold, st.cfg.detector.sensitivity)
         self.sinks.stream_started(st.id, st.model, thr)
 
     # -- signals --------------------------------------------------------------------------
