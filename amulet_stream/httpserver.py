@@ -31,6 +31,9 @@ DEFAULT_PORT = 8491
 """Outside 9100-9999, the range the Prometheus default-port list gives to exporters."""
 HEALTH_SECONDS = 10.0
 SUBMIT_LIMIT = 50 * 1024 * 1024
+DISCARD_LIMIT = 256 * 1024 * 1024
+"""A refused body up to this size is read (and dropped) before the answer, so the client,
+still sending, reads a 413 rather than a broken pipe; a larger one is cut off."""
 
 
 class ListenError(ValueError):
@@ -47,6 +50,15 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         _LOGGER.debug("http: " + format, *args)
+
+
+def _discard(stream: Any, n: int) -> None:
+    """Read and drop n bytes of a request body, 1 MiB at a time."""
+    while n > 0:
+        chunk = stream.read(min(n, 1 << 20))
+        if not chunk:
+            return
+        n -= len(chunk)
 
 
 def _json(start: StartResponse, status: str, body: dict[str, Any]) -> list[bytes]:
@@ -108,6 +120,7 @@ class App:
         except ValueError:
             length = 0
         if length > self.submit_limit:
+            _discard(environ["wsgi.input"], min(length, DISCARD_LIMIT))
             return _json(
                 start,
                 "413 Payload Too Large",
