@@ -18,6 +18,13 @@ _LOGGER = logging.getLogger(__name__)
 _PCM = 1
 _FLOAT = 3
 _EXTENSIBLE = 0xFFFE
+RATES = (1000, 768000)
+"""Sample rates (Hz) a wav may have: anything outside is a corrupt or hostile header."""
+MAX_CHANNELS = 256
+MAX_FMT_BYTES = 1024
+"""A fmt chunk is 16 to 40 bytes; a larger size field is not trusted (nor allocated)."""
+STREAMED = (0, 0xFFFFFFFF)
+"""Data sizes that programs writing a wav to a pipe leave in the header: read to the end."""
 
 
 class WavError(ValueError):
@@ -71,6 +78,8 @@ def _parse(path: Path, fh: BinaryIO, size: int) -> WavInfo:
             raise WavError(f"{path}: truncated or corrupt: no data chunk")
         cid, clen = chunk[:4], struct.unpack("<I", chunk[4:])[0]
         if cid == b"fmt ":
+            if not 16 <= clen <= min(MAX_FMT_BYTES, size - fh.tell()):
+                raise WavError(f"{path}: corrupt fmt chunk (size {clen})")
             body = fh.read(clen)
             if len(body) < 16:
                 raise WavError(f"{path}: corrupt fmt chunk")
@@ -91,14 +100,29 @@ def _parse(path: Path, fh: BinaryIO, size: int) -> WavInfo:
         raise WavError(f"{path}: unsupported encoding (format tag {tag:#x}); use PCM or float")
     if (tag == _PCM and bits not in (8, 16, 24, 32)) or (tag == _FLOAT and bits not in (32, 64)):
         raise WavError(f"{path}: unsupported sample size {bits} bits")
-    if channels < 1 or rate < 1:
-        raise WavError(f"{path}: corrupt header ({channels} channels, {rate} Hz)")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise WavError(f"{path}: corrupt header ({channels} channels)")
+    if not RATES[0] <= rate <= RATES[1]:
+        raise WavError(
+            f"{path}: sample rate {rate} Hz is outside {RATES[0]} to {RATES[1]} Hz "
+            "(a corrupt header?)"
+        )
     frame_bytes = channels * bits // 8
     available = size - offset
-    if clen > available:
-        raise WavError(
-            f"{path}: truncated: header announces {clen} data bytes, file holds {available}"
+    if clen in STREAMED:  # written to a pipe: the size was never filled in
+        _LOGGER.info(
+            "%s: data size %#x in the header (a streamed wav): reading to the end", path, clen
         )
+        clen = available
+    elif clen > available:
+        _LOGGER.warning(
+            "%s: truncated: the header announces %d data bytes, the file holds %d; "
+            "reading what is there",
+            path,
+            clen,
+            available,
+        )
+        clen = available
     frames = clen // frame_bytes
     if frames == 0:
         raise WavError(f"{path}: empty file (no samples)")

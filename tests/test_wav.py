@@ -84,7 +84,10 @@ def test_bad_files_are_named_with_their_problem(tmp_path: Path) -> None:
         "missing.wav": (None, "no such file"),
         "empty.wav": (b"", "empty file"),
         "text.wav": (b"hello, this is not audio at all", "not a wav file"),
-        "truncated.wav": (raw[:500], "truncated"),
+        "hugefmt.wav": (raw[:16] + struct.pack("<I", 0xFFFFFFFE) + raw[20:], "corrupt fmt chunk"),
+        "rate5.wav": (raw[:24] + struct.pack("<I", 5) + raw[28:], "sample rate 5 Hz is outside"),
+        "rate10M.wav": (raw[:24] + struct.pack("<I", 10**7) + raw[28:], "is outside 1000"),
+        "nochannels.wav": (raw[:22] + struct.pack("<H", 0) + raw[24:], "0 channels"),
         "nodata.wav": (raw[:36], "no data chunk"),
     }
     for name, (content, problem) in cases.items():
@@ -117,3 +120,25 @@ def test_float_writer_round_trip(tmp_path: Path) -> None:
     assert got.tobytes() == data.tobytes()
     rate, other = wavfile.read(path)  # an independent reader agrees
     assert rate == 44100 and other.tobytes() == data.tobytes()
+
+
+def test_streamed_and_truncated_wavs_are_read_to_their_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = tmp_path / "good.wav"
+    samples = np.linspace(-0.5, 0.5, 1000)
+    write_wav(good, samples, 8000)
+    raw = good.read_bytes()
+    assert raw[36:40] == b"data"
+    for size in (0, 0xFFFFFFFF):  # `sox ... -t wav -` and arecord to a pipe leave these
+        path = tmp_path / f"streamed-{size:x}.wav"
+        path.write_bytes(raw[:40] + struct.pack("<I", size) + raw[44:])
+        info = read_info(path)
+        assert info.frames == 1000
+        assert np.array_equal(_read(path), _read(good))
+    cut = tmp_path / "truncated.wav"
+    cut.write_bytes(raw[:500])  # 456 data bytes of the 2000 announced
+    with caplog.at_level("WARNING", logger="amulet_stream.wav"):
+        info = read_info(cut)
+    assert info.frames == 228 and "truncated" in caplog.text and str(cut) in caplog.text
+    assert np.array_equal(_read(cut), _read(good)[:228])
