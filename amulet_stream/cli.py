@@ -365,11 +365,14 @@ def _replay_files(args: argparse.Namespace, files: list[Path]) -> int:
                 failed = True
                 continue
             defect |= summary["verdict"] in ("defect", "input_problem")
-            failed |= summary["verdict"] == "too_short"
+            failed |= summary["verdict"] in ("too_short", "unscorable")
             if out is not None:
                 out.emit(summary)
             else:
-                print(json.dumps(amulet_json(rows or [], summary.get("problem"))), flush=True)
+                print(
+                    json.dumps(amulet_json(rows or [], summary.get("problem"), summary["verdict"])),
+                    flush=True,
+                )
             if rows is not None:
                 plotted[str(path)] = rows
     finally:

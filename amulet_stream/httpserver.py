@@ -21,7 +21,7 @@ from .detector import DetectorSettings
 from .metrics import Metrics
 from .model import Model
 from .output import amulet_json
-from .pipeline import StreamPipeline, replay
+from .pipeline import StreamPipeline, replay, verdict
 from .sources import FileSource
 from .wav import WavError, read_info
 
@@ -149,26 +149,25 @@ class App:
             wav = Path(tmp) / "upload.wav"
             wav.write_bytes(data)
             try:
-                rows, too_short = score_wav(self.model, wav, self.settings)
+                rows, problem, judged = score_wav(self.model, wav, self.settings)
             except WavError as err:
                 return _json(
                     start, "400 Bad Request", {"error": f"data_file: {str(err).split(': ', 1)[-1]}"}
                 )
-        if too_short is not None:
-            return _json(start, "422 Unprocessable Entity", amulet_json(rows, too_short))
+        if problem is not None:
+            return _json(start, "422 Unprocessable Entity", amulet_json(rows, problem, judged))
         return _json(start, "200 OK", amulet_json(rows))
 
 
 def score_wav(
     model: Model, path: Path, settings: DetectorSettings | None
-) -> tuple[list[dict[str, Any]], str | None]:
-    """Score records of a whole wav file, as `replay` computes them, and why nothing could be
-    scored (None if something was)."""
+) -> tuple[list[dict[str, Any]], str | None, str]:
+    """Score records of a whole wav file, as `replay` computes them, why nothing could be
+    scored (None if something was) and the verdict."""
     info = read_info(path)
     pipe = StreamPipeline(model, info.rate, "submit", str(path), settings)
     rows = replay(pipe, FileSource(info))
-    problem = pipe.too_short_message() if pipe.stats.too_short else None
-    return [r for r in rows if r["event"] == "score"], problem
+    return [r for r in rows if r["event"] == "score"], pipe.problem(), verdict(pipe.stats)
 
 
 def parse_address(text: str) -> tuple[str, int]:

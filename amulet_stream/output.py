@@ -30,11 +30,14 @@ def amulet_name(start: float, end: float) -> str:
     return f"{round(start, 1)}-{round(end, 1)}"
 
 
-def amulet_json(score_records: list[Record], too_short: str | None = None) -> dict[str, Any]:
+def amulet_json(
+    score_records: list[Record], problem: str | None = None, verdict: str = "too_short"
+) -> dict[str, Any]:
     """AMULET's /submit answer: the anomalous rows, or its 'No anomalies detected' entry; for
-    a recording too short to score, no rows, verdict 'too_short' and the reason."""
-    if too_short is not None:
-        return {"Analysis": [], "verdict": "too_short", "error": too_short}
+    a recording nothing could be scored of, no rows, the verdict ('too_short' or
+    'unscorable') and the reason."""
+    if problem is not None:
+        return {"Analysis": [], "verdict": verdict, "error": problem}
     rows = [
         {"Anomaly": True, "filename": amulet_name(r["start"], r["end"]), "value": r["score"]}
         for r in score_records

@@ -59,13 +59,15 @@ class StreamStats:
 
 def verdict(stats: StreamStats) -> str:
     """A file's verdict: 'defect' if an alert was raised, 'input_problem' if the input was not
-    a motor's for a while (silence, clipping...), 'too_short' if nothing could be scored, else
-    'good'."""
+    a motor's for a while (silence, clipping...), 'too_short' if the audio was shorter than a
+    window, 'unscorable' if every window had NaN or infinite samples, else 'good'."""
     if stats.anomaly_events:
         return "defect"
     if stats.input_problems:
         return "input_problem"
-    return "too_short" if stats.too_short else "good"
+    if stats.too_short:
+        return "too_short"
+    return "unscorable" if stats.windows == 0 else "good"
 
 
 class StreamPipeline:
@@ -171,6 +173,18 @@ class StreamPipeline:
             _LOGGER.warning("%s: %s", self.file or self.stream, self.too_short_message())
         return records
 
+    def problem(self) -> str | None:
+        """Why nothing could be scored (too short, or every window NaN/inf); None if something
+        was (or the stream has not finished)."""
+        if self.stats.too_short:
+            return self.too_short_message()
+        if self.stats.windows == 0 and self.stats.skipped_windows:
+            return (
+                f"nothing could be scored: all {self.stats.skipped_windows} window(s) hold "
+                "NaN or infinite samples"
+            )
+        return None
+
     def too_short_message(self) -> str:
         """Why nothing was scored: the audio's length against one window's."""
         p = self.profile
@@ -265,7 +279,8 @@ class StreamPipeline:
     def summary(self, processing_seconds: float) -> Record:
         """The end-of-replay line for this file (with 'problem' when it was too short)."""
         s = self.stats
-        extra = {"problem": self.too_short_message()} if s.too_short else {}
+        problem = self.problem()
+        extra = {"problem": problem} if problem is not None else {}
         return {
             "event": "summary",
             "stream": self.stream,

@@ -236,3 +236,21 @@ def test_output_into_a_closed_pipe_is_quiet(fault_wav: Path) -> None:
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(60) == 0 and "Traceback" not in err, err
+
+
+def test_a_recording_with_nothing_scorable_is_never_good(tmp_path: Path) -> None:
+    from amulet_stream.wav import FloatWavWriter
+
+    path = tmp_path / "nan.wav"
+    with path.open("wb") as fh:
+        writer = FloatWavWriter(fh, 16000)
+        writer.write(np.full(16000 * 4, np.nan, np.float32))
+        writer.finish()
+    for extra in ([], ["--fail-on-anomaly"]):
+        proc = run("replay", path, *extra)
+        assert proc.returncode == 2, proc.stderr  # like a file too short to judge
+        (summary,) = [r for r in lines(proc.stdout) if r["event"] == "summary"]
+        assert summary["verdict"] == "unscorable" and summary["windows"] == 0
+        assert "NaN or infinite" in summary["problem"]
+    proc = run("replay", path, "--format", "amulet-json")
+    assert json.loads(proc.stdout)["verdict"] == "unscorable" and proc.returncode == 2
