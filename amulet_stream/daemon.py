@@ -34,7 +34,7 @@ from .clips import ClipRecorder, ClipStore
 from .config import Config, ConfigError, StreamConfig
 from .detector import effective_threshold
 from .devices import DeviceError, resolve
-from .feeds import Feed, Opened, Stream, feed_key, source_name
+from .feeds import EOF, Feed, Opened, Stream, feed_key, source_name
 from .integrity import IntegrityCheck, level_range
 from .model import Model, ModelError, default_model_path
 from .notify import Notifier
@@ -376,7 +376,9 @@ class Daemon:
                 continue
             if any(not st.queue.empty() for st in feed.streams):
                 continue  # deliver what it captured first
-            if feed.outcome == "ended":
+            if feed.outcome in ("ended", EOF):
+                if feed.outcome == EOF:  # the pipe's writer is gone: nothing to reopen
+                    self._down(feed, EOF)
                 for st in feed.streams:
                     if not st.ended:
                         st.ended = True
@@ -385,6 +387,13 @@ class Daemon:
                 continue
             self._lost(feed, feed.outcome or "source thread ended")
         if all(st.ended for st in self.streams.values()):
+            if any(f.outcome == EOF for f in self.feeds):
+                _LOGGER.error(
+                    "%s: exiting (status %d) so that the service manager starts it again",
+                    EOF,
+                    EXIT_SOURCES_LOST,
+                )
+                return EXIT_SOURCES_LOST
             return EXIT_OK
         limit = self.cfg.daemon.reopen_attempts
         if all(f.failures >= limit for f in self.feeds):

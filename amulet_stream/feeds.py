@@ -22,6 +22,8 @@ _LOGGER = logging.getLogger(__name__)
 
 QUEUE_BLOCKS = 40
 """Blocks (0.1-0.25 s each) a stream's queue holds before its source thread waits."""
+EOF = "end of stdin (its writer closed it)"
+"""Feed.outcome when a stdin source ends: `run` treats it as a lost source (exit 3)."""
 
 
 @dataclass
@@ -73,6 +75,8 @@ class Feed:
         self.overflows = 0
         self.last_data = time.monotonic()
         self.outcome: str | None = None
+        """None while running; "ended" (end of file, --duration), EOF (end of stdin) or the
+        reason the source failed."""
         """Why the thread ended: None while it runs; 'ended' at the end of a file or stdin."""
         self._stop = threading.Event()
         self._source: DeviceSource | FileSource | StdinSource | None = None
@@ -160,6 +164,9 @@ class Feed:
                 else:
                     if self.src.kind == "file" and self.src.loop and not self._stop.is_set():
                         continue
+                    if self.src.kind == "stdin" and not self._stop.is_set():
+                        self.outcome = EOF  # the writer went away: not a planned end
+                        return
                 break
             self.outcome = "ended"
         except Exception as err:

@@ -170,6 +170,14 @@ class Metrics:
             "Failed attempts to connect to the MQTT broker (unknown host, refused, TLS, auth).",
             registry=None,
         )
+        self.mqtt_outbox_errors = Counter(
+            "amulet_mqtt_outbox_errors",
+            "Durable outbox problems: 'write' (an alert or state could not be written to the "
+            "state directory, e.g. disk full: it waits in memory only), 'corrupt' (a malformed "
+            "file skipped on start).",
+            ["problem"],
+            registry=None,
+        )
         self.model = Info("amulet_model", "The model in use.", s, registry=registry)
         self.build = Info("amulet_build", "amulet-stream build.", registry=registry)
         self.build.info({"version": __version__})
@@ -250,7 +258,10 @@ class Metrics:
             self.mqtt_queued,
             self.mqtt_dropped,
             self.mqtt_connect_failures,
+            self.mqtt_outbox_errors,
         ):
             self._registry.register(metric)
         for kind in MQTT_KINDS:
             self.mqtt_dropped.labels(kind)
+        for problem in ("write", "corrupt"):
+            self.mqtt_outbox_errors.labels(problem)

@@ -35,6 +35,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from . import __version__
 from .homeassistant import STREAM_ID, Announced, Discovery, StreamTopics, node_id
 from .outbox import Message, Outbox
+from .spool import DurableOutbox, SpoolError
 
 _LOGGER = logging.getLogger(__name__)
 SILENT_SECONDS = 10.0
@@ -141,13 +142,17 @@ class MqttSink:
         """The broker refused our credentials at least once."""
         self.connect_failures = 0
         """Failed connection attempts (unreachable, refused, TLS, auth), all outages."""
-        self._outbox = Outbox(settings.queue_limit, settings.queue_limit)
+        self._outbox = self._make_outbox(state_dir)
         self._notes: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()  # streams, states, discovery; never in paho callbacks
         self._streams: dict[str, _Stream] = {}
         self._states: dict[str, str] = {}  # stream -> last retained state payload
+        self._seeded: set[str] = set()  # streams whose state comes from an earlier run
+        if isinstance(self._outbox, DurableOutbox):
+            self._states = self._outbox.load_states()
+            self._seeded = set(self._states)
         self._discovery = Discovery(
             settings.homeassistant,
             self._topics,
@@ -188,6 +193,34 @@ class MqttSink:
         self._acks: dict[int, ReasonCode] = {}  # mid -> PUBACK reason (written by paho)
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
 
+    def _make_outbox(self, state_dir: Path | None) -> Outbox:
+        limit = self.settings.queue_limit
+        if state_dir is None:
+            _LOGGER.warning(
+                "mqtt: no state directory ([daemon] state_dir, --state-dir or systemd's "
+                "StateDirectory=): alerts not yet delivered are lost if the process ends"
+            )
+            return Outbox(limit, limit)
+        try:
+            return DurableOutbox(limit, limit, state_dir / "outbox" / self.client_id)
+        except SpoolError as err:
+            raise MqttConfigError(str(err)) from err
+
+    @property
+    def outbox_folder(self) -> Path | None:
+        """Where undelivered alerts and states are kept; None: memory only."""
+        return self._outbox.folder if isinstance(self._outbox, DurableOutbox) else None
+
+    @property
+    def outbox_corrupt(self) -> int:
+        """Malformed outbox files skipped on start."""
+        return self._outbox.corrupt if isinstance(self._outbox, DurableOutbox) else 0
+
+    @property
+    def outbox_write_errors(self) -> int:
+        """Alerts and states that could not be written to the outbox folder."""
+        return self._outbox.write_errors if isinstance(self._outbox, DurableOutbox) else 0
+
     def topic(self, *parts: str) -> str:
         """<prefix>/<parts...>."""
         return "/".join((self.settings.prefix, *parts))
@@ -227,7 +260,8 @@ class MqttSink:
         """A stream left the config: remove its HA entities and clear its retained state."""
         with self._lock:
             info = self._streams.pop(stream, None)
-            self._states.pop(stream, None)
+            if self._states.pop(stream, None) is not None:
+                self._save_states()
             if info is not None and info.pending_score is not None:
                 self._enqueue(self.topic(stream, "score"), info.pending_score, 0, "score")
             self._discovery.remove(stream)
@@ -238,7 +272,14 @@ class MqttSink:
         retained state of streams not in `configured`; all its entities if HA is now off."""
         with self._lock:
             gone = self._discovery.prune(configured, self.availability_topic)
-        for topic in gone:
+            old = [s for s in self._states if s not in configured]
+            for stream in old:  # a stream of an earlier run's config: clear its state
+                del self._states[stream]
+                self._seeded.discard(stream)
+                gone.append(self.topic(stream, "state"))
+            if old:
+                self._save_states()
+        for topic in dict.fromkeys(gone):
             kind = "state" if topic.endswith("/state") else "other"
             self._enqueue_text(topic, "", 1, True, kind)
         self._wake.set()
@@ -264,6 +305,8 @@ class MqttSink:
         state = json.dumps({**body, "state": event})
         with self._lock:
             self._states[stream] = state
+            self._seeded.discard(stream)
+            self._save_states()
         self._enqueue_text(self.topic(stream, "state"), state, 1, True, "state")
 
     def queued(self) -> int:
@@ -279,14 +322,24 @@ class MqttSink:
                 if info.pending_score is not None:
                     self._enqueue(self.topic(stream, "score"), info.pending_score, 0, "score")
                     info.pending_score = None
+        durable = isinstance(self._outbox, DurableOutbox)
         while len(self._outbox) and not self.refused and time.monotonic() < deadline:
-            if not self.connected and self._outage is not None and self._outage[1] > 0:
-                break  # the broker is away (the outage is logged): waiting would not help
-            time.sleep(0.02)
+            away = not self.connected and self._outage is not None and self._outage[1] > 0
+            if away and durable:
+                break  # the broker is away: the alerts wait on disk for the next start
+            time.sleep(0.02)  # memory only: give a reconnect its chance until the deadline
         left = len(self._outbox)
         if left:
-            kinds = ", ".join(f"{k} {n}" for k, n in self._outbox.queued_by_kind().items() if n)
-            _LOGGER.warning("mqtt: %d message(s) not delivered at exit (%s)", left, kinds)
+            queued = self._outbox.queued_by_kind()
+            kinds = ", ".join(f"{k} {n}" for k, n in queued.items() if n)
+            folder = self.outbox_folder
+            kept = queued["alert"] + queued["state"]
+            where = (
+                f"; {kept} alert/state message(s) wait in {folder} for the next start"
+                if folder is not None and kept
+                else ""
+            )
+            _LOGGER.warning("mqtt: %d message(s) not delivered at exit (%s)%s", left, kinds, where)
         self._stop.set()
         self._wake.set()
         if self._sender.is_alive():
@@ -297,7 +350,14 @@ class MqttSink:
                 bye.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
         self._client.disconnect()
         self._client.loop_stop()
+        if isinstance(self._outbox, DurableOutbox):
+            self._outbox.close()
         return left
+
+    def _save_states(self) -> None:
+        """Keep the last states for the next start (lock held)."""
+        if isinstance(self._outbox, DurableOutbox):
+            self._outbox.save_states(self._states)
 
     # -- helpers (callers hold self._lock where they touch streams and states) --------------
 
@@ -408,7 +468,8 @@ class MqttSink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        self._acks[mid] = reason
+        if reason.is_failure:  # success is the default: only refusals are kept (and popped)
+            self._acks[mid] = reason
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == f"{self.settings.discovery_prefix}/status" and msg.payload == b"online":
@@ -493,9 +554,14 @@ class MqttSink:
                 resend, self._outage, self._was_up = self._was_up, None, True
                 self._silent_warned = False
                 with self._lock:
-                    for stream, payload in self._states.items() if resend else ():
-                        # retained state again: a broker restarted without persistence lost it
-                        self._enqueue_text(self.topic(stream, "state"), payload, 1, True, "state")
+                    for stream, payload in self._states.items():
+                        # retained state again: a broker restarted without persistence lost
+                        # it; on the first connect, the states an earlier run left
+                        if resend or stream in self._seeded:
+                            self._enqueue_text(
+                                self.topic(stream, "state"), payload, 1, True, "state"
+                            )
+                    self._seeded.clear()
                     self._discovery.resend()
             elif kind == "disconnected":
                 self._outage = (time.monotonic(), 0)

@@ -41,6 +41,7 @@ class Sinks:
         self._overflows: dict[str, int] = {}
         self._mqtt_dropped: dict[str, int] = {}
         self._mqtt_failures = 0
+        self._outbox_errors = {"write": 0, "corrupt": 0}
         if cfg.metrics.listen is not None:
             self.registry = CollectorRegistry()
             self.metrics = Metrics(self.registry)
@@ -121,6 +122,8 @@ class Sinks:
         """Per-block gauges and counters from the pipeline's stats."""
         m = self.metrics
         if m is None:
+            stats.inference.clear()  # nobody reads them: they must not grow
+            stats.lags.clear()
             return
         m.level.labels(stream).set(stats.level_dbfs)
         m.clipped.labels(stream).inc(stats.clipped - self._clipped.get(stream, 0))
@@ -133,6 +136,9 @@ class Sinks:
             m.lag.labels(stream).observe(lag)
         stats.inference.clear()
         stats.lags.clear()
+        self._mqtt_metrics(m)
+
+    def _mqtt_metrics(self, m: Metrics) -> None:
         if self.mqtt is not None:
             m.mqtt_connected.set(int(self.mqtt.connected))
             m.mqtt_queued.set(self.mqtt.queued())
@@ -142,6 +148,10 @@ class Sinks:
             failures = self.mqtt.connect_failures
             m.mqtt_connect_failures.inc(failures - self._mqtt_failures)
             self._mqtt_failures = failures
+            now = {"write": self.mqtt.outbox_write_errors, "corrupt": self.mqtt.outbox_corrupt}
+            for problem, n in now.items():
+                m.mqtt_outbox_errors.labels(problem).inc(n - self._outbox_errors[problem])
+                self._outbox_errors[problem] = n
 
     def stream_stopped(self, stream: str) -> None:
         """The source ended."""

@@ -352,9 +352,12 @@ def test_a_stalled_source_is_marked_down_and_comes_back(tmp_path: Path) -> None:
         d.proc.stdin.flush()
         d.wait_for("score", "pipe", n=n + 3, timeout=10)
         assert b"audio flows again" in d.stderr
+        d.proc.stdin.close()  # the writer goes away: `run` exits 3 so systemd restarts it
+        assert d.proc.wait(20) == 3
+        assert d.events("down", "pipe")[-1]["reason"] == "end of stdin (its writer closed it)"
+        assert b"exiting (status 3)" in d.stderr
     finally:
-        d.proc.stdin.close()
-        assert d.proc.wait(20) == 0  # end of input: the stream ended
+        d.stop()
 
 
 def test_clips_are_written_bounded_and_replay_to_the_same_alert(
