@@ -206,6 +206,7 @@ class Daemon:
                     self._do_reload()
                 self._tick()
                 code = self._health()
+                self.sinks.relisten()
                 self._notify()
         finally:
             self.notifier.stopping()
@@ -462,7 +463,8 @@ class Daemon:
             )
             states[state] = states.get(state, 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-        return f"{len(self.streams)} stream(s): {summary}"
+        listener = "; metrics listener not open" if self.sinks.listener_down else ""
+        return f"{len(self.streams)} stream(s): {summary}{listener}"
 
     def _notify(self) -> None:
         now = time.monotonic()

@@ -95,6 +95,12 @@ class MqttSettings:
         """The password from its file or environment variable."""
         if self.password_file is not None:
             try:
+                mode = self.password_file.stat().st_mode
+                if mode & 0o077:
+                    raise MqttConfigError(
+                        f"mqtt.password_file {self.password_file}: readable by others than its owner "
+                        f"(mode {mode & 0o777:04o}): chmod 600 it"
+                    )
                 return self.password_file.read_text().strip()
             except OSError as err:
                 raise MqttConfigError(

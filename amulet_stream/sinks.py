@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from .config import Config
-from .httpserver import App, parse_address, serve
+from .httpserver import App, ListenError, parse_address, serve
 from .metrics import Metrics
 from .model import Model
 from .mqtt import MqttSink
@@ -17,6 +18,8 @@ from .output import JsonLines
 from .pipeline import Record, StreamStats
 
 _LOGGER = logging.getLogger(__name__)
+RELISTEN = 10.0
+"""Seconds between attempts to open a metrics listener that could not be opened at start."""
 
 
 class Sinks:
@@ -37,6 +40,7 @@ class Sinks:
         self.registry: CollectorRegistry | None = None
         self.metrics: Metrics | None = None
         self._server: Any = None
+        self._relisten: tuple[App, str, int, float] | None = None
         self._clipped: dict[str, int] = {}
         self._overflows: dict[str, int] = {}
         self._mqtt_dropped: dict[str, int] = {}
@@ -55,11 +59,37 @@ class Sinks:
                 int(cfg.metrics.submit_limit_mb * 1024 * 1024),
                 live=live,
             )
-            self._server, _ = serve(app, host, port)
+            try:
+                self._server, _ = serve(app, host, port)
+            except ListenError as err:
+                if not live:
+                    raise
+                # a port still held by a process being replaced, an address not up yet at
+                # boot: monitoring matters more than metrics, so go on and try again
+                _LOGGER.error("%s; monitoring goes on, trying again every %.0f s", err, RELISTEN)
+                self._relisten = (app, host, port, time.monotonic() + RELISTEN)
         if self.mqtt is not None:
             if self.metrics is not None:
                 self.metrics.mqtt_started()
             self.mqtt.start()
+
+    @property
+    def listener_down(self) -> bool:
+        """The metrics listener is configured but could not be opened (yet)."""
+        return self._relisten is not None
+
+    def relisten(self) -> None:
+        """Try again to open the metrics listener that failed at start, when due."""
+        if self._relisten is None or time.monotonic() < self._relisten[3]:
+            return
+        app, host, port, _ = self._relisten
+        try:
+            self._server, _ = serve(app, host, port)
+        except ListenError:
+            self._relisten = (app, host, port, time.monotonic() + RELISTEN)
+            return
+        self._relisten = None
+        _LOGGER.info("metrics listener on %s:%d", host, port)
 
     def stream_started(self, stream: str, model: Model, threshold: float) -> None:
         """A stream begins: retained state, discovery, labelled metrics."""

@@ -297,6 +297,7 @@ def test_tls_and_password(tmp_path: Path, fault_wav: Path) -> None:
         tls = {"ca_certs": str(tmp_path / "ca.crt")}
         sub = Subscriber(broker.port, tls=tls, auth=("monitor", "s3cret"))
         (tmp_path / "pw").write_text("s3cret\n")
+        (tmp_path / "pw").chmod(0o600)  # a password file others can read is refused
         cfg = tmp_path / "tls.toml"
         cfg.write_text(
             f'[mqtt]\nport = {broker.port}\ntls = true\nca_file = "ca.crt"\n'
