@@ -2,9 +2,10 @@
 the live path), devices, info.
 
 Standard output: one JSON object per line; logs on standard error.
-Exit codes: 0 ok; 1 replay found anomalies (or input problems) and --fail-on-anomaly was
-given; 2 bad usage or input (unknown device, unusable model or config, a wav that could not
-be read); 3 run: every source failed again and again (for systemd to start afresh)."""
+Exit codes: 0 ok (also when the reader of standard output went away, e.g. `| head`); 1 replay
+found anomalies (or input problems) and --fail-on-anomaly was given; 2 bad usage or input
+(unknown device, unusable model or config, a wav that could not be read); 3 run: every source
+failed again and again (for systemd to start afresh); 130 interrupted (Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from . import __version__
-from .config import Config, ConfigError, ModelConfig, StreamConfig, load
-from .daemon import Daemon, DaemonError
+from .config import Config, ConfigError, ModelConfig, SourceConfig, StreamConfig, load
+from .daemon import Daemon, DaemonError, state_dir
 from .detector import RENAMED, effective_threshold
 from .devices import DeviceError, list_inputs
 from .httpserver import DEFAULT_PORT, ListenError
@@ -36,12 +37,24 @@ from .sources import FileSource
 from .wav import WavError, read_info
 
 _LOGGER = logging.getLogger("amulet_stream")
-EXIT_OK, EXIT_ANOMALY, EXIT_INPUT = 0, 1, 2
+EXIT_OK, EXIT_ANOMALY, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEMO_SECONDS, DEMO_FAULT = 30.0, (10.0, 20.0)
+SPEEDS = (0.01, 10000.0)
+"""--speed range, times real time (1e-300 overflowed the pacing clock)."""
+BUFFERS = (0.5, 600.0)
+"""--buffer range, seconds."""
 
 
 class UsageError(ValueError):
     """Bad command line or input: exit 2 with the message."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its mistakes in one line on stderr (exit 2), like every other mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print 'amulet-stream: error: MESSAGE (see PROG --help)' and exit 2."""
+        self.exit(EXIT_INPUT, f"amulet-stream: error: {message} (see {self.prog} --help)\n")
 
 
 def _detector_args(p: argparse.ArgumentParser) -> None:
@@ -89,11 +102,17 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also serve AMULET's POST /submit on the metrics listener",
     )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="keep state between starts here (MQTT outbox); default: [daemon] state_dir, "
+        "else $STATE_DIRECTORY",
+    )
     _detector_args(p)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="amulet-stream",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -208,11 +227,18 @@ def _config(args: argparse.Namespace) -> Config:
         except MqttConfigError as err:
             raise UsageError(f"--mqtt {args.mqtt!r}: {err}") from err
     metrics = cfg.metrics
-    if args.metrics or args.http_submit:
-        listen = args.metrics or metrics.listen or f"127.0.0.1:{DEFAULT_PORT}"
-        metrics = dataclasses.replace(
-            metrics, listen=listen, submit=metrics.submit or args.http_submit
-        )
+    if args.metrics is not None or args.http_submit:
+        listen = args.metrics
+        if listen is None:
+            listen = metrics.listen or f"127.0.0.1:{DEFAULT_PORT}"
+        listener = {"listen": listen, "submit": metrics.submit or args.http_submit}
+        metrics = _flagged(metrics, listener, {"listen": "metrics"})
+    daemon = cfg.daemon
+    if args.state_dir is not None:
+        if not args.state_dir.strip():
+            raise UsageError("--state-dir needs a folder name")
+        folder = Path(args.state_dir).expanduser().absolute()
+        daemon = _flagged(daemon, {"state_dir": folder})
     source = {k: v for k, v in source.items() if v is not None}
     if cfg.streams and args.command == "replay":  # replay as one of the config's streams
         cfg = _replay_as(cfg, source.pop("stream", None))
@@ -234,6 +260,7 @@ def _config(args: argparse.Namespace) -> Config:
         mqtt=mqtt,
         metrics=metrics,
         streams=streams,
+        daemon=daemon,
     )
 
 
@@ -261,9 +288,10 @@ def _replay_as(cfg: Config, stream: str | None) -> Config:
     )
 
 
-def _flagged(obj: T, flags: dict[str, Any]) -> T:
+def _flagged(obj: T, flags: dict[str, Any], names: dict[str, str] | None = None) -> T:
     """obj with the flags' values, through the same checks as the config keys; a failed check
-    names the flag (the checks' messages start with the setting's name)."""
+    names the flag (the checks' messages start with the setting's name; `names` maps a
+    setting to its flag where they differ, e.g. listen -> metrics)."""
     if not flags:
         return obj
     try:
@@ -271,7 +299,8 @@ def _flagged(obj: T, flags: dict[str, Any]) -> T:
     except ValueError as err:
         first, _, rest = str(err).partition(" ")
         if first in flags:
-            raise UsageError(f"--{first.replace('_', '-')} {rest}") from err
+            flag = (names or {}).get(first, first)
+            raise UsageError(f"--{flag.replace('_', '-')} {rest}") from err
         raise UsageError(str(err)) from err
 
 
@@ -299,15 +328,15 @@ def _hop(cfg: Config, model: Model) -> int | None:
 
 
 def _check_plot(path: Path) -> None:
-    """Refuse a --plot target that cannot be written, before the replay runs."""
-    import importlib.util
+    """Refuse a --plot target that cannot be written, or missing matplotlib, before the
+    replay runs."""
+    from .plot import PlotError, check_available, check_target
 
-    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise UsageError(f"--plot {path}: give a file name ending in .png, .svg or .pdf")
-    if not path.parent.is_dir():
-        raise UsageError(f"--plot {path}: folder {path.parent} does not exist")
-    if importlib.util.find_spec("matplotlib") is None:
-        raise UsageError("--plot needs matplotlib: pip install 'amulet-stream[plot]'")
+    try:
+        check_target(path)
+        check_available()
+    except PlotError as err:
+        raise UsageError(str(err)) from err
 
 
 def _demo_file(folder: Path) -> Path:
@@ -326,25 +355,28 @@ def _demo_file(folder: Path) -> Path:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    if args.speed is not None and not 0 < args.speed < float("inf"):
-        raise UsageError("--speed must be a positive number")
+    if args.speed is not None and not SPEEDS[0] <= args.speed <= SPEEDS[1]:
+        raise UsageError(
+            f"--speed must be a positive number from {SPEEDS[0]:g} to {SPEEDS[1]:g} "
+            f"(times real time), not {args.speed:g}"
+        )
     if args.plot is not None:
         _check_plot(args.plot)
-    if not args.demo:
-        return _replay_files(args, list(args.files))
-    with tempfile.TemporaryDirectory(prefix="amulet-demo-") as tmp:
-        return _replay_files(args, [*args.files, _demo_file(Path(tmp))])
-
-
-def _replay_files(args: argparse.Namespace, files: list[Path]) -> int:
-    if not files:
+    if not args.files and not args.demo:
         raise UsageError("replay needs at least one wav file (or --demo)")
     cfg = _config(args)
+    if not args.demo:
+        return _replay_files(args, cfg, list(args.files))
+    with tempfile.TemporaryDirectory(prefix="amulet-demo-") as tmp:
+        return _replay_files(args, cfg, [*args.files, _demo_file(Path(tmp))])
+
+
+def _replay_files(args: argparse.Namespace, cfg: Config, files: list[Path]) -> int:
     model = _load_model(cfg.model)
     speed = 1.0 if args.realtime else args.speed
     out = JsonLines(args.scores) if args.format == "jsonl" else None
     keep = args.format == "amulet-json" or args.plot is not None
-    sinks = Sinks(cfg, model, out, live=False)
+    sinks = Sinks(cfg, model, out, live=False, state_dir=state_dir(cfg))
     threshold = effective_threshold(model.threshold, cfg.detector.sensitivity)
     failed = defect = False
     plotted: dict[str, list[Record]] = {}
@@ -378,11 +410,11 @@ def _replay_files(args: argparse.Namespace, files: list[Path]) -> int:
     finally:
         sinks.close()
     if args.plot and plotted:
-        from .plot import PlotUnavailableError, plot_scores
+        from .plot import PlotError, plot_scores
 
         try:
             plot_scores(plotted, threshold, args.plot)
-        except PlotUnavailableError as err:
+        except PlotError as err:
             raise UsageError(str(err)) from err
     if failed:
         return EXIT_INPUT
@@ -426,9 +458,16 @@ def _deliver(records: list[Record], sinks: Sinks, rows: list[Record] | None) -> 
         sinks.record(rec)
 
 
+def _check_buffer(seconds: float) -> None:
+    """Refuse a --buffer outside 0.5..600 s (its memory is seconds x rate x channels)."""
+    if not BUFFERS[0] <= seconds <= BUFFERS[1]:
+        raise UsageError(
+            f"--buffer must be between {BUFFERS[0]:g} and {BUFFERS[1]:g} seconds, not {seconds:g}"
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
-    if not 0.5 <= args.buffer <= 600:
-        raise UsageError(f"--buffer must be between 0.5 and 600 seconds, not {args.buffer:g}")
+    _check_buffer(args.buffer)
     if args.duration is not None and not 0 < args.duration < float("inf"):
         raise UsageError(f"--duration must be a positive number of seconds, not {args.duration:g}")
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the daemon handles it: never fatal
@@ -448,7 +487,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from .record import RecordError, RecordSettings, record
+    from .record import RecordError, RecordSettings, check_settings, record
 
     if args.seconds is None:
         raise UsageError("record needs --seconds N: how many seconds to record")
@@ -465,6 +504,14 @@ def _record(args: argparse.Namespace) -> int:
         args.buffer,
         args.force,
     )
+    try:
+        check_settings(settings)
+    except RecordError as err:
+        raise UsageError(str(err)) from err
+    # the bounds of the config keys rate, channels, channel (e.g. no 1 GHz ring buffer)
+    flags = {k: getattr(args, k) for k in ("rate", "channels", "channel")}
+    _flagged(SourceConfig(), {k: v for k, v in flags.items() if v is not None})
+    _check_buffer(args.buffer)
     try:
         summary = record(settings)
     except RecordError as err:
@@ -508,8 +555,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"amulet-stream: error: {err}", file=sys.stderr)
         return EXIT_INPUT
     except BrokenPipeError:  # e.g. `| head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _quiet_stdout()
         return EXIT_OK
+    except KeyboardInterrupt:
+        print("amulet-stream: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _quiet_stdout() -> None:
+    """Point stdout's descriptor at /dev/null so the flush at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":

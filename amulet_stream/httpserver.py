@@ -1,74 +1,64 @@
-"""One HTTP listener: /metrics, /healthz, /readyz and (off by default) AMULET's POST /submit."""
+"""One HTTP listener: /metrics, /healthz, /readyz and (off by default) AMULET's POST /submit;
+optional TLS and basic auth; bounded connections, time and body size."""
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
+import errno
 import json
 import logging
-import tempfile
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .detector import DetectorSettings
+from .httpconn import IDLE_SECONDS, MAX_CONNECTIONS, RETRY_AFTER, Server
+from .httpsecurity import BasicAuth, ListenError, ListenerSecurity
 from .metrics import Metrics
 from .model import Model
-from .output import amulet_json
-from .pipeline import StreamPipeline, replay, verdict
-from .sources import FileSource
-from .wav import WavError, read_info
+from .submit import (
+    RAW_TYPES,
+    SUBMIT_LIMIT,
+    Body,
+    SubmitError,
+    SubmitLimits,
+    body_length,
+    content_type,
+    save_upload,
+    score_upload,
+    upload_file,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8491
 """Outside 9100-9999, the range the Prometheus default-port list gives to exporters."""
 HEALTH_SECONDS = 10.0
-SUBMIT_LIMIT = 50 * 1024 * 1024
-DISCARD_LIMIT = 256 * 1024 * 1024
-"""A refused body up to this size is read (and dropped) before the answer, so the client,
-still sending, reads a 413 rather than a broken pipe; a larger one is cut off."""
-
-
-class ListenError(ValueError):
-    """The metrics listener cannot be opened (bad address, port in use)."""
-
-
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+__all__ = ["App", "BasicAuth", "ListenError", "ListenerSecurity", "parse_address", "serve"]
+_REALM = 'Basic realm="amulet-stream", charset="UTF-8"'
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        _LOGGER.debug("http: " + format, *args)
-
-
-def _discard(stream: Any, n: int) -> None:
-    """Read and drop n bytes of a request body, 1 MiB at a time."""
-    while n > 0:
-        chunk = stream.read(min(n, 1 << 20))
-        if not chunk:
-            return
-        n -= len(chunk)
-
-
-def _json(start: StartResponse, status: str, body: dict[str, Any]) -> list[bytes]:
+def _json(
+    start: StartResponse, status: str, body: dict[str, Any], extra: Iterable[tuple[str, str]] = ()
+) -> list[bytes]:
     data = json.dumps(body).encode()
-    start(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    start(status, headers + list(extra))
     return [data]
 
 
 class App:
-    """The WSGI application; health comes from Metrics.last_progress and Metrics.ready."""
+    """The WSGI application; health comes from Metrics.last_progress and Metrics.ready.
+
+    `limits` bound /submit (default: SubmitLimits(max_bytes=submit_limit)); `auth`: credentials
+    every request needs; `upload_dir`: where uploads are spooled (unlinked files; None: the
+    system's temporary folder)."""
 
     def __init__(
         self,
@@ -79,16 +69,34 @@ class App:
         submit: bool = False,
         submit_limit: int = SUBMIT_LIMIT,
         live: bool = True,
+        *,
+        limits: SubmitLimits | None = None,
+        auth: BasicAuth | None = None,
+        upload_dir: Path | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.model = model
         self.settings = settings
         self.submit = submit
-        self.submit_limit = submit_limit
+        self.limits = limits or SubmitLimits(max_bytes=submit_limit)
         self.live = live
+        self.auth = auth
+        self.upload_dir = upload_dir
+        self._slots = threading.BoundedSemaphore(self.limits.concurrent)
+        self._lock = threading.Lock()
+        self._refused = 0  # requests refused for credentials since the last log line
+        self._refused_logged = -1e9
 
     def __call__(self, environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+        if self.auth is not None and not self.auth.check(environ.get("HTTP_AUTHORIZATION")):
+            self._log_refused(environ.get("REMOTE_ADDR", "?"))
+            return _json(
+                start,
+                "401 Unauthorized",
+                {"error": "credentials needed"},
+                [("WWW-Authenticate", _REALM)],
+            )
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
         if path == "/metrics" and method == "GET":
             data = generate_latest(self.registry)
@@ -111,63 +119,69 @@ class App:
         if path == "/submit" and self.submit:
             if method != "POST":
                 return _json(start, "405 Method Not Allowed", {"error": "use POST"})
-            return self._submit(environ, start)
+            if not self._slots.acquire(blocking=False):
+                return _json(
+                    start,
+                    "503 Service Unavailable",
+                    {"error": f"{self.limits.concurrent} uploads in progress: retry later"},
+                    [("Retry-After", RETRY_AFTER)],
+                )
+            try:
+                return self._submit(environ, start)
+            finally:
+                self._slots.release()
         return _json(start, "404 Not Found", {"error": f"no such endpoint: {path}"})
 
-    def _submit(self, environ: dict[str, Any], start: StartResponse) -> list[bytes]:
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        if length > self.submit_limit:
-            _discard(environ["wsgi.input"], min(length, DISCARD_LIMIT))
-            return _json(
-                start,
-                "413 Payload Too Large",
-                {"error": f"body of {length} bytes exceeds {self.submit_limit}"},
-            )
-        ctype = environ.get("CONTENT_TYPE", "")
-        if not ctype.startswith("multipart/form-data"):
-            return _json(
-                start,
-                "415 Unsupported Media Type",
-                {"error": "send multipart/form-data with a field data_file"},
-            )
-        body = environ["wsgi.input"].read(length)
-        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            f"Content-Type: {ctype}\r\n\r\n".encode() + body
+    def _log_refused(self, client: str) -> None:
+        """A warning for refused credentials: the first, then at most one a minute."""
+        with self._lock:
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._refused_logged < 60.0:
+                return
+            count, self._refused, self._refused_logged = self._refused, 0, now
+        _LOGGER.warning(
+            "http: %d request(s) refused for credentials (latest from %s)", count, client
         )
-        data: bytes | None = None
-        for part in msg.iter_parts():
-            if part.get_param("name", header="content-disposition") == "data_file":
-                payload = part.get_payload(decode=True)
-                data = payload if isinstance(payload, bytes) else None
-        if data is None:
-            return _json(start, "400 Bad Request", {"error": "missing field data_file"})
-        assert self.model is not None
-        with tempfile.TemporaryDirectory(prefix="amulet-submit-") as tmp:
-            wav = Path(tmp) / "upload.wav"
-            wav.write_bytes(data)
-            try:
-                rows, problem, judged = score_wav(self.model, wav, self.settings)
-            except WavError as err:
-                return _json(
-                    start, "400 Bad Request", {"error": f"data_file: {str(err).split(': ', 1)[-1]}"}
+
+    def _submit(self, environ: dict[str, Any], start: StartResponse) -> list[bytes]:
+        limits = self.limits
+        try:
+            length = body_length(environ, limits.max_bytes)
+            media, boundary = content_type(environ.get("CONTENT_TYPE", ""))
+            if media != "multipart/form-data" and media not in RAW_TYPES:
+                raise SubmitError(
+                    "415 Unsupported Media Type",
+                    "send multipart/form-data with a field data_file (or the wav as audio/wav)",
                 )
-        if problem is not None:
-            return _json(start, "422 Unprocessable Entity", amulet_json(rows, problem, judged))
-        return _json(start, "200 OK", amulet_json(rows))
-
-
-def score_wav(
-    model: Model, path: Path, settings: DetectorSettings | None
-) -> tuple[list[dict[str, Any]], str | None, str]:
-    """Score records of a whole wav file, as `replay` computes them, why nothing could be
-    scored (None if something was) and the verdict."""
-    info = read_info(path)
-    pipe = StreamPipeline(model, info.rate, "submit", str(path), settings)
-    rows = replay(pipe, FileSource(info))
-    return [r for r in rows if r["event"] == "score"], pipe.problem(), verdict(pipe.stats)
+            environ.get("amulet.deadline", lambda _: None)(limits.upload_seconds)
+            if environ.get("HTTP_EXPECT", "").strip().lower() == "100-continue":
+                environ.get("amulet.continue", lambda: None)()
+            body = Body(environ["wsgi.input"], length, limits.max_bytes)
+            assert self.model is not None
+            with upload_file(self.upload_dir) as fh:
+                save_upload(media, boundary, body, fh)
+                status, answer = score_upload(self.model, fh, self.settings, limits.max_seconds)
+        except SubmitError as err:
+            return _json(start, err.status, {"error": str(err)})
+        except TimeoutError:
+            return _json(
+                start,
+                "408 Request Timeout",
+                {
+                    "error": f"the body did not arrive in time (at most {limits.upload_seconds:g} "
+                    "s in all, and no long pause)"
+                },
+            )
+        except ssl.SSLError as err:  # the client broke the TLS connection off
+            _LOGGER.debug("http: /submit: %s", err)
+            return _json(start, "400 Bad Request", {"error": "the upload broke off"})
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise
+            _LOGGER.warning("http: /submit: no room for the upload: %s", err.strerror)
+            return _json(start, "507 Insufficient Storage", {"error": "no room for the upload"})
+        return _json(start, status, answer)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -182,18 +196,39 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", number
 
 
-def serve(app: App, host: str, port: int) -> tuple[WSGIServer, int]:
-    """Start the listener in a daemon thread; returns the server and the bound port."""
+def serve(
+    app: App,
+    host: str,
+    port: int,
+    tls: ssl.SSLContext | None = None,
+    idle_seconds: float = IDLE_SECONDS,
+    max_connections: int = MAX_CONNECTIONS,
+) -> tuple[WSGIServer, int]:
+    """Start the listener in a daemon thread (HTTPS with `tls`); returns the server and the
+    bound port."""
     try:
-        server = make_server(
-            host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
-        )
-    except OSError as err:
-        raise ListenError(f"metrics listener {host}:{port}: {err.strerror or err}") from err
+        server = Server((host, port), tls, idle_seconds, max_connections)
+    except (OSError, UnicodeError) as err:
+        raise ListenError(
+            f"metrics listener {host}:{port}: {getattr(err, 'strerror', None) or err}"
+        ) from err
+    server.set_app(app)
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     bound = int(server.server_address[1])
+    loopback = host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+    if not loopback and (tls is None or app.auth is None):
+        _LOGGER.warning(
+            "http: listening on %s without %s",
+            host,
+            " and ".join(w for w, off in (("TLS", tls is None), ("auth", app.auth is None)) if off),
+        )
     _LOGGER.info(
-        "http: /metrics /healthz /readyz%s on %s:%d", " /submit" if app.submit else "", host, bound
+        "http%s: /metrics /healthz /readyz%s on %s:%d%s",
+        "s" if tls else "",
+        " /submit" if app.submit else "",
+        host,
+        bound,
+        " (basic auth)" if app.auth else "",
     )
     return server, bound

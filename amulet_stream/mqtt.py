@@ -98,8 +98,8 @@ class MqttSettings:
                 mode = self.password_file.stat().st_mode
                 if mode & 0o077:
                     raise MqttConfigError(
-                        f"mqtt.password_file {self.password_file}: readable by others than its owner "
-                        f"(mode {mode & 0o777:04o}): chmod 600 it"
+                        f"mqtt.password_file {self.password_file}: readable by others than "
+                        f"its owner (mode {mode & 0o777:04o}): chmod 600 it"
                     )
                 return self.password_file.read_text().strip()
             except OSError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from .config import Config
-from .httpserver import App, ListenError, parse_address, serve
+from .httpserver import App, ListenError, ListenerSecurity, parse_address, serve
 from .metrics import Metrics
 from .model import Model
 from .mqtt import MqttSink
 from .output import JsonLines
 from .pipeline import Record, StreamStats
+from .submit import SubmitLimits
 
 _LOGGER = logging.getLogger(__name__)
 RELISTEN = 10.0
@@ -41,26 +43,40 @@ class Sinks:
         self.metrics: Metrics | None = None
         self._server: Any = None
         self._relisten: tuple[App, str, int, float] | None = None
+        self._tls: ssl.SSLContext | None = None
         self._clipped: dict[str, int] = {}
         self._overflows: dict[str, int] = {}
         self._mqtt_dropped: dict[str, int] = {}
         self._mqtt_failures = 0
         self._outbox_errors = {"write": 0, "corrupt": 0}
         if cfg.metrics.listen is not None:
+            listen = cfg.metrics.listen
             self.registry = CollectorRegistry()
             self.metrics = Metrics(self.registry)
-            host, port = parse_address(cfg.metrics.listen)
+            m = cfg.metrics
+            host, port = parse_address(listen)
+            security = ListenerSecurity(
+                m.tls_cert, m.tls_key, m.basic_auth_user, m.basic_auth_password_file
+            )
+            self._tls = security.tls_context()  # a mistake here is fatal: ListenError
+            limits = SubmitLimits(
+                int(m.submit_limit_mb * 1024 * 1024),
+                m.submit_max_seconds,
+                m.submit_concurrency,
+                m.submit_upload_seconds,
+            )
             app = App(
                 self.registry,
                 self.metrics,
                 model,
                 cfg.detector,
-                cfg.metrics.submit,
-                int(cfg.metrics.submit_limit_mb * 1024 * 1024),
+                m.submit,
                 live=live,
+                limits=limits,
+                auth=security.basic_auth(),
             )
             try:
-                self._server, _ = serve(app, host, port)
+                self._server, _ = serve(app, host, port, tls=self._tls)
             except ListenError as err:
                 if not live:
                     raise
@@ -84,7 +100,7 @@ class Sinks:
             return
         app, host, port, _ = self._relisten
         try:
-            self._server, _ = serve(app, host, port)
+            self._server, _ = serve(app, host, port, tls=self._tls)
         except ListenError:
             self._relisten = (app, host, port, time.monotonic() + RELISTEN)
             return

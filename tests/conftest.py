@@ -16,6 +16,9 @@ SEED_DIR = ROOT.parent / "shared" / "data" / "amulet-seed"
 SEED_REASON = f"AMULET seed data not found at {SEED_DIR} (../shared is absent)"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# config files writable by group are refused: the tests write theirs under umask 022 whatever
+# the account's own (002 on some distributions)
+os.umask(0o022)
 
 
 @pytest.fixture(scope="session")

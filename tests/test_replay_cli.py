@@ -186,9 +186,10 @@ def test_stdin_source_equals_replay(fault_wav: Path, tmp_path: Path) -> None:
     # at the finest hop (one vector, 32 ms): stdin arrives in 0.25 s blocks, replay in 64 Ki
     fine = ("--scores", "--hop", "0.032")
     live = run("run", "--source", "stdin", "--rate", "16000", *fine, stdin=pcm)
-    assert live.returncode == 0, live.stderr
+    assert live.returncode == 3, live.stderr  # the end of stdin: a lost source for `run`
     replay = run("replay", wav, *fine)
     got = [(r["event"], r["start"], r["score"]) for r in lines(live.stdout.decode())]
+    assert got.pop() == ("down", None, None)  # the end of stdin
     want = [
         (r["event"], r["start"], r["score"])
         for r in lines(replay.stdout)
