@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import __version__
+from .private import make_private_dirs, private_fd
 from .wav import FloatWavWriter, WavError
 
 _LOGGER = logging.getLogger(__name__)
@@ -46,41 +47,6 @@ STREAM_ID = re.compile(r"[A-Za-z0-9_-]+")
 CLIP_NAME = re.compile(r"(?P<stem>[A-Za-z0-9_-]+-(?P<utc>\d{8}T\d{6}Z)-[0-9a-f]{8})\.(?:wav|json)")
 """Files retention may delete: `<stream>-<UTC yyyymmddThhmmssZ>-<short event id>.wav|.json`."""
 _MB = 1_000_000
-FILE_MODE = 0o600
-"""Clip files (wav, sidecar) are readable by the daemon's user only, whatever the umask."""
-DIR_MODE = 0o700
-"""Folders the store creates (the clip folder and missing parents), whatever the umask."""
-_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def private_fd(path: Path) -> int:
-    """A descriptor of `path` opened for writing with FILE_MODE (an existing file is truncated
-    and set to it); a symlink in its place is refused (OSError)."""
-    fd = os.open(path, _OPEN_FLAGS, FILE_MODE)
-    try:
-        os.fchmod(fd, FILE_MODE)  # the umask may have removed bits; an old file kept its mode
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def make_private_dirs(folder: Path) -> None:
-    """Create `folder` and its missing parents with DIR_MODE; existing ones are left as they
-    are (their owner chose their mode)."""
-    missing: list[Path] = []
-    for path in (folder, *folder.parents):
-        if path.is_dir():
-            break
-        missing.append(path)
-    for path in reversed(missing):
-        try:
-            path.mkdir(mode=DIR_MODE)
-        except FileExistsError:
-            if not path.is_dir():
-                raise
-            continue  # created meanwhile by someone else: theirs
-        os.chmod(path, DIR_MODE)
 
 
 def utc_iso(ts: float) -> str:

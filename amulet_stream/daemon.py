@@ -369,6 +369,7 @@ class Daemon:
                     feed.start()
                 continue
             if feed.alive:
+                self._check_rate(feed)
                 if now - feed.last_data > stall and feed.src.kind != "stdin":
                     self._lost(feed, f"no audio for {now - feed.last_data:.1f} s")
                     feed.stop()
@@ -405,6 +406,19 @@ class Daemon:
             )
             return EXIT_SOURCES_LOST
         return None
+
+    def _check_rate(self, feed: Feed) -> None:
+        """A stdin writer far off its configured rate: an input problem ('rate') of its
+        streams while it lasts (their windows are not judged by the detector)."""
+        if feed.src.kind != "stdin" or feed.src.rate is None:
+            return
+        problem = feed.rate.problem(feed.src.rate)
+        for st in feed.streams:
+            check = st.pipe.integrity if st.pipe is not None else None
+            if check is not None and check.wrong_rate != problem:
+                check.wrong_rate = problem
+                if problem is None:
+                    _LOGGER.info("%s: stdin delivers at its rate again", st.id)
 
     def _lost(self, feed: Feed, reason: str) -> None:
         """The source failed: streams down, reopen after a backoff that doubles per failure."""

@@ -22,8 +22,56 @@ _LOGGER = logging.getLogger(__name__)
 
 QUEUE_BLOCKS = 40
 """Blocks (0.1-0.25 s each) a stream's queue holds before its source thread waits."""
+RATE_TOLERANCE = 1.15
+"""A stdin writer more than this factor off its configured rate is an input problem."""
 EOF = "end of stdin (its writer closed it)"
 """Feed.outcome when a stdin source ends: `run` treats it as a lost source (exit 3)."""
+
+
+class RateMeter:
+    """Samples per wall-clock second of a source without a clock of its own (stdin), measured
+    over MEASURE_SECONDS of steady delivery: the first second after the source opens (a pipe's
+    backlog) and any gap of more than GAP_SECONDS (a pause, reported as a stall) restart it."""
+
+    SETTLE_SECONDS = 1.0
+    MEASURE_SECONDS = 5.0
+    GAP_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self.measured: float | None = None
+        """Samples per second at the last measurement; None: not measured yet."""
+        self._opened = time.monotonic()
+        self._t0: float | None = None
+        self._last = 0.0
+        self._samples = 0
+
+    def add(self, samples: int, now: float) -> None:
+        """A block of `samples` frames arrived at time.monotonic() `now`."""
+        if now - self._opened < self.SETTLE_SECONDS:
+            return
+        if self._t0 is None or now - self._last > self.GAP_SECONDS:
+            self._t0, self._samples = now, 0  # this block's samples came before t0
+        else:
+            self._samples += samples
+        self._last = now
+        if now - self._t0 >= self.MEASURE_SECONDS:
+            self.measured = self._samples / (now - self._t0)
+            self._t0, self._samples = now, 0
+
+    def problem(self, rate: int) -> str | None:
+        """Why the delivery is far from `rate` Hz (more than RATE_TOLERANCE off); None: fine
+        or not measured yet."""
+        measured = self.measured
+        if measured is None:
+            return None
+        ratio = measured / rate
+        if 1 / RATE_TOLERANCE <= ratio <= RATE_TOLERANCE:
+            return None
+        how = "slower" if ratio < 1 else "faster"
+        return (
+            f"stdin delivers {measured:.0f} samples/s, {ratio:.2f}x the configured {rate} Hz "
+            f"({how}): a wrong --rate or a writer that cannot keep up"
+        )
 
 
 @dataclass
@@ -77,7 +125,8 @@ class Feed:
         self.outcome: str | None = None
         """None while running; "ended" (end of file, --duration), EOF (end of stdin) or the
         reason the source failed."""
-        """Why the thread ended: None while it runs; 'ended' at the end of a file or stdin."""
+        self.rate = RateMeter()
+        """How fast a stdin writer delivers, against its configured rate."""
         self._stop = threading.Event()
         self._source: DeviceSource | FileSource | StdinSource | None = None
         self._thread: threading.Thread | None = None
@@ -92,6 +141,7 @@ class Feed:
         self._stop = threading.Event()
         self.outcome = None
         self.last_data = time.monotonic()
+        self.rate = RateMeter()
         self._thread = threading.Thread(target=self._run, name=f"feed-{self.name}", daemon=True)
         self._thread.start()
 
@@ -149,6 +199,8 @@ class Feed:
                     if self._stop.is_set():
                         return
                     self.last_data = time.monotonic()
+                    if self.src.kind == "stdin":
+                        self.rate.add(block.samples.shape[0], self.last_data)
                     when = block.capture_time
                     if when is None and self.src.realtime:  # a wav played as a live stream
                         when = t0 + done / source.rate

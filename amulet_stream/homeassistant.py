@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .private import make_private_dirs, private_fd
+
 _LOGGER = logging.getLogger(__name__)
 
 STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -152,8 +154,9 @@ class Announced:
         doc = {"version": 1, "availability": availability, "streams": streams}
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+            make_private_dirs(self.path.parent)
+            with os.fdopen(private_fd(tmp), "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(doc, indent=1, sort_keys=True) + "\n")
             os.replace(tmp, self.path)
         except OSError as err:
             if not self._warned:

@@ -19,7 +19,16 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
-REASONS = ("silence", "dropout", "clipping", "dc_offset", "level_low", "level_high")
+REASONS = (
+    "non_finite",
+    "rate",
+    "silence",
+    "dropout",
+    "clipping",
+    "dc_offset",
+    "level_low",
+    "level_high",
+)
 """Input problems, highest priority first: when several hold, the first one is reported."""
 BLOCK_SECONDS = 0.25
 FULL_SCALE = 0.999
@@ -93,7 +102,9 @@ class _Stats:
     """Per-block measurements of nb whole blocks: arrays (nb,)."""
 
     valid: npt.NDArray[np.bool_]
-    """The block holds at least one finite sample (others are not judged)."""
+    """The block holds at least one finite sample (its level means something)."""
+    nonfinite: npt.NDArray[np.bool_]
+    """The block holds NaN or infinite samples (a broken source or file)."""
     rms_dbfs: F64
     mean: F64
     clipped: F64
@@ -112,7 +123,7 @@ def _measure(blocks: F32) -> _Stats:
     n = np.maximum(count, 1.0)
     rms = np.sqrt((v * v).sum(axis=1) / n)
     clipped = (np.abs(v) >= FULL_SCALE).sum(axis=1) / n
-    return _Stats(count > 0, _dbfs(rms), v.sum(axis=1) / n, clipped)
+    return _Stats(count > 0, count < blocks.shape[1], _dbfs(rms), v.sum(axis=1) / n, clipped)
 
 
 class _Blocker:
@@ -204,6 +215,9 @@ class IntegrityCheck:
         self._blocks = 0  # blocks judged
         self.problem: str | None = None
         """The current reason (one of REASONS), or None."""
+        self.wrong_rate: str | None = None
+        """Set by the feed when the source delivers far from its rate (the text says how): a
+        condition of every block from now on, reason 'rate', until set back to None."""
         self._bad = 0  # consecutive bad blocks
         self._good = 0  # consecutive good blocks while in a problem
         self._recent: deque[tuple[int, float, float, float, int]] = deque(maxlen=self._need)
@@ -262,6 +276,8 @@ class IntegrityCheck:
         lo, hi = self.level_range or (-math.inf, math.inf)
         cond = np.stack(
             [
+                stats.nonfinite,
+                np.full(nb, self.wrong_rate is not None),
                 db < s.silence_dbfs,
                 has_gap,
                 stats.clipped > s.clip_fraction,
@@ -272,15 +288,12 @@ class IntegrityCheck:
             axis=1,
         )
         top = np.where(cond.any(axis=1), cond.argmax(axis=1), -1)
-        top[~stats.valid] = -2
         first = self._blocks
         self._blocks += nb
         if self.problem is None and self._bad == 0 and not (top >= 0).any():
             return []  # the usual case: clean audio, nothing to remember
         changes: list[tuple[int, Change]] = []
         for k in range(nb):
-            if top[k] == -2:
-                continue
             mean, clipped = float(stats.mean[k]), float(stats.clipped[k])
             change = self._step((int(top[k]), float(db[k]), mean, clipped, int(gaps[k])))
             if change is not None:
@@ -318,30 +331,38 @@ class IntegrityCheck:
         rows = [e for e in self._recent if e[0] == code]
         s, secs = self.settings, self._need * BLOCK_SECONDS
         db = float(np.median([e[1] for e in rows]))
-        if code == 0:
+        name = REASONS[code]
+        if name == "rate":
+            return self.wrong_rate or "the source delivers at the wrong rate"
+        if name == "non_finite":
+            return (
+                f"NaN or infinite samples for {secs:.1f} s: the source or file delivers "
+                "broken data (not scored)"
+            )
+        if name == "silence":
             if all(e[1] <= -120.0 for e in rows):
                 return f"digital zeros (RMS -120 dBFS) for {secs:.1f} s"
             return (
                 f"RMS {db:.1f} dBFS, below the silence level {s.silence_dbfs:g} dBFS, for "
                 f"{secs:.1f} s: no signal (input unplugged, muted or idle)"
             )
-        if code == 1:
+        if name == "dropout":
             n = sum(e[4] for e in self._recent)
             return (
                 f"{n} gap(s) of exact zeros of {s.dropout_ms:g} ms or more in {secs:.1f} s of "
                 "audio: samples are being lost"
             )
-        if code == 2:
+        if name == "clipping":
             pct = 100.0 * float(np.mean([e[3] for e in rows]))
             return (
                 f"{pct:.2f} % of samples at full scale over {secs:.1f} s (limit "
                 f"{100.0 * s.clip_fraction:g} %): the input gain is too high"
             )
-        if code == 3:
+        if name == "dc_offset":
             mean = float(np.mean([e[2] for e in rows]))
             return f"DC offset {mean:+.3f} of full scale for {secs:.1f} s (limit {s.dc_offset:g})"
         lo, hi = self.level_range or (0.0, 0.0)
-        off = f"{lo - db:.1f} dB below" if code == 4 else f"{db - hi:.1f} dB above"
+        off = f"{lo - db:.1f} dB below" if name == "level_low" else f"{db - hi:.1f} dB above"
         return (
             f"RMS {db:.1f} dBFS for {secs:.1f} s, {off} the model's training range "
             f"{lo:.1f}..{hi:.1f} dBFS (p1..p99)"

@@ -145,7 +145,7 @@ class MqttSink:
         self.availability_topic = self.topic(self.client_id, "status")
         self.connected = False
         self.refused = False
-        """The broker refused our credentials at least once."""
+        """A failure that waiting will not mend: credentials refused, certificate untrusted."""
         self.connect_failures = 0
         """Failed connection attempts (unreachable, refused, TLS, auth), all outages."""
         self._outbox = self._make_outbox(state_dir)
@@ -449,6 +449,8 @@ class MqttSink:
         # paho calls this inside its `except OSError:` block: the exception is the reason
         err = sys.exc_info()[1]
         self.connect_failures += 1
+        if isinstance(err, ssl.SSLCertVerificationError):
+            self.refused = True  # the exit does not wait for a reconnect that cannot succeed
         self._notes.put(("failed", _reason(err)))
         self._wake.set()
 

@@ -63,11 +63,11 @@ def verdict(stats: StreamStats) -> str:
     window, 'unscorable' if every window had NaN or infinite samples, else 'good'."""
     if stats.anomaly_events:
         return "defect"
-    if stats.input_problems:
-        return "input_problem"
     if stats.too_short:
         return "too_short"
-    return "unscorable" if stats.windows == 0 else "good"
+    if stats.windows == 0:
+        return "unscorable"
+    return "input_problem" if stats.input_problems else "good"
 
 
 class StreamPipeline:
@@ -233,11 +233,16 @@ class StreamPipeline:
         self.stats.inference.append(time.perf_counter() - t_batch)
         finite = np.isfinite(means)
         if not finite.all():
-            skipped = int((~finite).sum())
-            self.stats.skipped_windows += skipped
-            _LOGGER.warning(
-                "%s: %d window(s) with NaN/inf samples skipped", self.file or self.stream, skipped
-            )
+            before = self.stats.skipped_windows
+            self.stats.skipped_windows += int((~finite).sum())
+            # a standing 'non_finite' input problem says it already
+            loud = self.integrity is None or self.integrity.problem != "non_finite"
+            if loud and (len(str(self.stats.skipped_windows)) > len(str(before)) or not before):
+                _LOGGER.warning(  # at the 1st, 10th, 100th... such window: not one per window
+                    "%s: %d window(s) with NaN/inf samples skipped so far",
+                    self.file or self.stream,
+                    self.stats.skipped_windows,
+                )
         p = self.profile
         if self._t0 is not None and index.size:
             ends = self._t0 + (p.offset + index * self.hop * p.step + p.span) / p.rate

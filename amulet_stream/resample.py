@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from fractions import Fraction
 from math import gcd
 
 import numpy as np
@@ -14,6 +15,10 @@ _LOGGER = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 CHUNK = 8192
 """Outputs computed per step: bounds the temporary (CHUNK x taps) arrays."""
+MAX_DOWN = 32768
+"""Largest decimation factor (input rate / gcd) resampled exactly: the filter has 20 x that many
+taps. Standard rates need at most 5120 (768 kHz -> 22.05 kHz); an odd rate such as 767 999 Hz
+(a 15-million-tap filter: 1.6 GB and 14 s to build) is resampled at the nearest ratio within it."""
 
 
 def lowpass(taps: int, cutoff: float, beta: float = 5.0) -> npt.NDArray[np.float64]:
@@ -31,8 +36,21 @@ class StreamResampler:
     """
 
     def __init__(self, rate_in: int, rate_out: int) -> None:
+        if rate_in < 1 or rate_out < 1:
+            raise ValueError(f"rates {rate_in} Hz and {rate_out} Hz must be positive")
         g = gcd(rate_in, rate_out)
         self.up, self.down = rate_out // g, rate_in // g
+        if self.down > MAX_DOWN:  # the filter would take 20 x down taps: approximate the ratio
+            ratio = Fraction(rate_out, rate_in).limit_denominator(MAX_DOWN)
+            self.up, self.down = ratio.numerator, ratio.denominator
+            _LOGGER.warning(
+                "resampling %d Hz -> %d Hz as %d:%d (off by %.2g ppm): an unusual sample rate",
+                rate_in,
+                rate_out,
+                self.up,
+                self.down,
+                abs(float(ratio) * rate_in / rate_out - 1.0) * 1e6,
+            )
         self.rate_in, self.rate_out = rate_in, rate_out
         max_rate = max(self.up, self.down)
         self._half = 10 * max_rate

@@ -104,8 +104,7 @@ class Sinks:
         except ListenError:
             self._relisten = (app, host, port, time.monotonic() + RELISTEN)
             return
-        self._relisten = None
-        _LOGGER.info("metrics listener on %s:%d", host, port)
+        self._relisten = None  # serve() logs the listener
 
     def stream_started(self, stream: str, model: Model, threshold: float) -> None:
         """A stream begins: retained state, discovery, labelled metrics."""

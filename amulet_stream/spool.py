@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .outbox import KINDS, Message, Outbox
+from .private import make_private_dirs, private_fd
 
 _LOGGER = logging.getLogger(__name__)
 DURABLE_KINDS = ("alert", "state")
@@ -49,7 +50,7 @@ class DurableOutbox(Outbox):
         self.replayed = 0
         """Messages read back on start."""
         try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dirs(folder)
             self._lock_fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as err:
             raise SpoolError(f"mqtt outbox folder {folder}: {err.strerror or err}") from err
@@ -106,7 +107,7 @@ class DurableOutbox(Outbox):
         path = self.folder / STATES_FILE
         tmp = path.with_name(STATES_FILE + ".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = private_fd(tmp)
             try:
                 os.write(fd, json.dumps(states, sort_keys=True).encode())
                 os.fsync(fd)
@@ -137,7 +138,7 @@ class DurableOutbox(Outbox):
             }
         ).encode()
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = private_fd(tmp)
             try:
                 os.write(fd, body + b"\n")
                 os.fsync(fd)

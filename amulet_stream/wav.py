@@ -132,7 +132,8 @@ def _parse(path: Path, fh: BinaryIO, size: int) -> WavInfo:
 def _decode(raw: bytes, info: WavInfo) -> npt.NDArray[np.float32]:
     """Bytes to float32 (frames, channels) in [-1, 1] for PCM."""
     if info.is_float:
-        data = np.frombuffer(raw, dtype="<f4" if info.bits == 32 else "<f8").astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: +-inf (integrity's)
+            data = np.frombuffer(raw, dtype="<f4" if info.bits == 32 else "<f8").astype(np.float32)
     elif info.bits == 8:
         data = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
     elif info.bits == 16:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
@@ -228,8 +228,10 @@ def _evaluate(args: argparse.Namespace, argv: list[str] | None) -> int:
     from . import corpus, evaluate, evaluate_report
     from .errors import InputError
 
-    trainers = {c.name: (c.name, evaluate.train_candidate(c, args.epochs), c.note)
-                for c in evaluate.CANDIDATES}
+    trainers = {
+        c.name: (c.name, evaluate.train_candidate(c, args.epochs), c.note)
+        for c in evaluate.CANDIDATES
+    }
     for rule, note in (("amulet", "AMULET's rule: pixel difference"), ("discriminator", "1 - D")):
         name = "dcgan" if rule == "amulet" else f"dcgan-{rule}"
         trainers[name] = (name, _dcgan_trainer(rule), f"AMULET's DCGAN on MFCC images, {note}")
@@ -319,15 +321,19 @@ def _import_seed(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from amulet_stream.synth import Fault, Motor, generate
-    from amulet_stream.wav import write_wav
+    """Generate and write in one-second blocks: memory stays flat however long the audio."""
+    from amulet_stream.synth import F32, Fault, Motor, generate_blocks
+    from amulet_stream.wav import RATES, write_wav_blocks
 
     from .errors import InputError
 
-    if not 0 < args.seconds <= 3600 or args.rate < 8000:
+    if not 8000 <= args.rate <= RATES[1]:
+        raise InputError(f"--rate must be between 8000 and {RATES[1]} Hz, not {args.rate}")
+    longest = (0xFFFFFFFF - 36) // 2 // args.rate  # a wav's data chunk holds at most 4 GiB
+    if not 0 < args.seconds <= longest:
         raise InputError(
-            "--seconds must be between 0 and 3600 (write longer audio as several files) and "
-            "--rate at least 8000"
+            f"--seconds must be more than 0 and at most {longest} at {args.rate} Hz (a wav file "
+            f"holds at most 4 GiB), not {args.seconds:g}"
         )
     if not 300 <= args.rpm <= 6000 or not 0 <= args.load <= 1:
         raise InputError("--rpm must be between 300 and 6000 and --load between 0 and 1")
@@ -339,11 +345,24 @@ def _synth(args: argparse.Namespace) -> int:
             fault = Fault(args.fault, args.fault_start, end, args.severity)
     except ValueError as err:
         raise InputError(str(err)) from err
-    samples = generate(args.seconds, args.rate, args.seed, motor, fault)
+    opened = False
+
+    def blocks() -> Iterator[F32]:
+        nonlocal opened
+        opened = True  # the first block is asked for once the file is open (and truncated)
+        yield from generate_blocks(args.seconds, args.rate, args.seed, motor, fault)
+
     try:
-        write_wav(args.output, samples, args.rate)
-    except OSError as err:
-        raise InputError(f"{args.output}: cannot write: {err.strerror or err}") from err
+        write_wav_blocks(args.output, blocks(), args.rate)
+    except BaseException as err:  # also Ctrl-C: no half-written wav (its header comes last)
+        if opened and args.output.is_file():
+            args.output.unlink()
+        if isinstance(err, OSError):
+            raise InputError(f"{args.output}: cannot write: {err.strerror or err}") from err
+        if isinstance(err, KeyboardInterrupt):
+            print(f"amulet-export: interrupted, {args.output} not written", file=sys.stderr)
+            return 130
+        raise
     print(args.output)
     return EXIT_OK
 

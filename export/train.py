@@ -356,8 +356,7 @@ def _train_into(
     x_train, x_held = _augment(profile, data.vectors[train_idx]), data.vectors[held_idx]
     if profile.name == "logmel-v1":
         _LOGGER.info(
-            "training vectors also at overall gains of %s dB: a level change that small is "
-            "normal",
+            "training vectors also at overall gains of %s dB: a level change that small is normal",
             "/".join(f"{g:+g}" for g in GAIN_DB),
         )
     scale, bias, scaler_doc = _scaler(profile, x_train)

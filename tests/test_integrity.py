@@ -76,7 +76,31 @@ def test_settings_are_checked_with_the_field_named() -> None:
     for name, value in bad.items():
         with pytest.raises(ValueError, match=rf"^{name} must "):
             IntegritySettings(**{name: value})
-    assert REASONS[0] == "silence" and len(REASONS) == 6
+    assert REASONS[:3] == ("non_finite", "rate", "silence") and len(REASONS) == 8
+
+
+def test_nan_and_inf_samples_are_an_input_problem_and_clear_again() -> None:
+    rate = 16000
+    audio = generate(8.0, rate, seed=3)
+    audio[2 * rate : 4 * rate : 7] = np.nan  # scattered NaN for 2 s
+    audio[5 * rate] = np.inf  # one infinite sample later
+    check = IntegrityCheck(rate, None)
+    changes = check.push(audio)
+    assert _reasons(changes) == ["non_finite", None]
+    assert "NaN or infinite samples" in changes[0][1].detail
+    assert 2 * rate < changes[0][0] <= 3.5 * rate  # raised while it lasts
+    assert check.troubled(5 * rate - 10, 5 * rate + 10)  # the single inf: judged troubled
+
+
+def test_a_wrong_rate_set_by_the_feed_is_an_input_problem_until_cleared() -> None:
+    rate = 16000
+    check = IntegrityCheck(rate, None)
+    assert check.push(generate(2.0, rate, seed=4)) == []
+    check.wrong_rate = "stdin delivers 8000 samples/s, 0.50x the configured 16000 Hz"
+    (change,) = check.push(generate(2.0, rate, seed=5))
+    assert change[1].reason == "rate" and change[1].detail.startswith("stdin delivers 8000")
+    check.wrong_rate = None
+    assert _reasons(check.push(generate(3.0, rate, seed=6))) == [None]
 
 
 def test_training_level_of_generated_motor(trained: tuple[float, float]) -> None:
@@ -198,12 +222,14 @@ def test_short_problems_do_not_raise(motor: F32, trained: tuple[float, float]) -
     assert _run(x, trained) == []
 
 
-def test_nan_and_inf_are_left_out(motor: F32, trained: tuple[float, float]) -> None:
+def test_nan_and_inf_are_a_problem_but_left_out_of_levels(
+    motor: F32, trained: tuple[float, float]
+) -> None:
     x = motor[: 5 * SEC].copy()
     x[::7] = np.nan
     x[3::11] = np.inf
-    assert _run(x, trained) == []
-    assert _run(np.full(5 * SEC, np.nan, np.float32), trained) == []
+    assert _reasons(_run(x, trained)) == ["non_finite"]  # not the motor's sound: never 'good'
+    assert _reasons(_run(np.full(5 * SEC, np.nan, np.float32), trained)) == ["non_finite"]
     levels = block_levels([x], RATE)
     assert levels.size == 20 and np.all(np.abs(levels - levels.mean()) < 1.0)
 

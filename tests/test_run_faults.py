@@ -38,8 +38,7 @@ Record = dict[str, Any]
 RUN_SECONDS = 10.0
 """Real time each daemon of this module runs after its first scored window."""
 RATE_REASON = "rate"
-"""The input_problem reason expected for a stdin writer far off the configured rate (the
-daemon has none today: the lead picks the name; change it here with the code)."""
+"""The input_problem reason for a stdin writer far off the configured rate."""
 
 needs_broker = pytest.mark.skipif(have("mosquitto") is not None, reason=str(have("mosquitto")))
 
@@ -315,11 +314,6 @@ def test_full_scale_noise_is_an_input_problem_never_an_anomaly(faults: Outcome) 
     assert len(lines_about(faults.run.errors, "noise", "input problem")) == 1
 
 
-@pytest.mark.xfail(
-    reason="NaN/inf audio in `run` raises no input_problem (the stream stays 'normal'), has "
-    "no metric, and logs one warning per skipped window",
-    strict=True,
-)
 def test_nan_and_inf_audio_is_reported_once_with_a_state_and_a_metric(faults: Outcome) -> None:
     records = faults.run.records
     changes = [r for r in records if r["stream"] == "bad" and r["event"] != "score"]
@@ -343,11 +337,6 @@ def test_nan_and_inf_audio_is_reported_once_with_a_state_and_a_metric(faults: Ou
     assert len(faults.run.events("score", "bad")) >= faults.seconds
 
 
-@pytest.mark.xfail(
-    reason="no check of the rate a stdin writer delivers: half the configured rate is scored "
-    "as if it were right, only amulet_processing_lag_seconds grows",
-    strict=True,
-)
 def test_stdin_at_half_the_configured_rate_is_reported(faults: Outcome) -> None:
     assert faults.writer_sent > 4 * RATE // 2, "the writer did not get going"
     said = lines_about(faults.run.errors, "slow", "rate")
@@ -445,11 +434,6 @@ def test_refused_credentials_one_line_a_metric_and_the_undelivered_alerts_counte
     assert refused.code == 0
 
 
-@pytest.mark.xfail(
-    reason="no check of the rate a stdin writer delivers: double the configured rate is "
-    "scored as if it were right (capture times run ahead of the clock)",
-    strict=True,
-)
 def test_stdin_at_double_the_configured_rate_is_reported(refused: Outcome) -> None:
     assert refused.writer_sent > 4 * 2 * RATE, "the writer did not get going"
     said = lines_about(refused.run.errors, "fast", "rate")

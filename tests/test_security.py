@@ -173,12 +173,6 @@ def test_clip_files_and_the_folders_made_for_them_are_private(secured: Secured) 
     assert mode(made / "clips") == 0o700
 
 
-@pytest.mark.xfail(
-    reason="spool.py makes <state_dir> and <state_dir>/outbox with mkdir(parents=True): 0777 "
-    "under umask 0; homeassistant.Announced.save writes mqtt-discovery.json with write_text: "
-    "0666 under umask 0",
-    strict=True,
-)
 def test_state_directory_files_and_folders_are_private(secured: Secured) -> None:
     """Under umask 0: everything the daemon wrote in its state directory (outbox, last
     states, Home Assistant's announced entities) is 0600, every folder it made 0700."""

@@ -1,0 +1,42 @@
+"""Files and folders only the daemon's user may read: clips, the MQTT outbox, state files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+FILE_MODE = 0o600
+"""Files the daemon writes are readable by its user only, whatever the umask."""
+DIR_MODE = 0o700
+"""Folders the daemon creates (and their missing parents), whatever the umask."""
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def private_fd(path: Path) -> int:
+    """A descriptor of `path` opened for writing with FILE_MODE (an existing file is truncated
+    and set to it); a symlink in its place is refused (OSError)."""
+    fd = os.open(path, _OPEN_FLAGS, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)  # the umask may have removed bits; an old file kept its mode
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_private_dirs(folder: Path) -> None:
+    """Create `folder` and its missing parents with DIR_MODE; existing ones are left as they
+    are (their owner chose their mode)."""
+    missing: list[Path] = []
+    for path in (folder, *folder.parents):
+        if path.is_dir():
+            break
+        missing.append(path)
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+            continue  # created meanwhile by someone else: theirs
+        os.chmod(path, DIR_MODE)
