@@ -90,11 +90,7 @@ class Models:
         model = Model(key[0], threads=threads)
         if old is not None and old.sha256 == model.sha256:
             return old
-        probe = np.zeros((1, model.profile.dim), np.float32)
-        scores = model.score_vectors(probe)
-        if scores.shape != (1,):
-            raise ModelError(f"{key[0]}: scoring a test vector gave shape {scores.shape}, not (1,)")
-        self._loaded[key] = model
+        self._loaded[key] = model  # Model() scored test batches already
         return model
 
 
