@@ -255,3 +255,21 @@ def test_a_recording_with_nothing_scorable_is_never_good(tmp_path: Path) -> None
         assert "NaN or infinite" in summary["problem"]
     proc = run("replay", path, "--format", "amulet-json")
     assert json.loads(proc.stdout)["verdict"] == "unscorable" and proc.returncode == 2
+
+
+def test_scattered_infinities_are_an_input_problem_not_good(tmp_path: Path) -> None:
+    from amulet_stream.wav import FloatWavWriter
+
+    x = generate(6.0, 16000, seed=3)
+    x[2 * 16000 : 4 * 16000 : 2000] = np.inf  # a broken converter, for 2 s
+    path = tmp_path / "inf.wav"
+    with path.open("wb") as fh:
+        writer = FloatWavWriter(fh, 16000)
+        writer.write(x)
+        writer.finish()
+    proc = run("replay", path, "--fail-on-anomaly")
+    assert proc.returncode == 1, proc.stderr  # --fail-on-anomaly does not pass it
+    events = lines(proc.stdout)
+    (problem,) = [r for r in events if r["event"] == "input_problem"]
+    assert problem["reason"] == "non_finite"
+    assert events[-1]["verdict"] == "input_problem"
