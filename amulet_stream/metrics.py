@@ -18,20 +18,12 @@ from prometheus_client import (
 )
 
 from . import __version__
+from .integrity import REASONS
 
 SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5, 2.0, 5.0)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 STATE_VALUES = {"normal": 0, "anomaly": 1, "input_problem": 2, "down": 3}
-INPUT_PROBLEM_REASONS = (
-    "non_finite",
-    "rate",
-    "silence",
-    "dropout",
-    "clipping",
-    "dc_offset",
-    "level_low",
-    "level_high",
-)
+INPUT_PROBLEM_REASONS = REASONS
 MQTT_KINDS = ("alert", "state", "score", "other")
 RELOAD_RESULTS = ("ok", "refused")
 

@@ -13,13 +13,14 @@ from .servers import free_port
 
 class Proxy:
     """127.0.0.1:port -> 127.0.0.1:target; `cut()` resets the connections, `stall(True)`
-    holds every byte until `stall(False)`."""
+    holds every byte until `stall(False)`, `block(True)` closes new connections at once."""
 
     def __init__(self, target: int) -> None:
         self.target = target
         self.port = free_port()
         self.accepted = 0
         self._stalled = threading.Event()
+        self._blocked = threading.Event()
         self._stop = threading.Event()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
@@ -32,6 +33,12 @@ class Proxy:
             self._stalled.set()
         else:
             self._stalled.clear()
+
+    def block(self, on: bool) -> None:
+        if on:
+            self._blocked.set()
+        else:
+            self._blocked.clear()
 
     def cut(self) -> int:
         """Reset every open connection; returns how many were cut."""
@@ -57,6 +64,9 @@ class Proxy:
                 continue
             except OSError:
                 return
+            if self._blocked.is_set():
+                client.close()  # as if the broker were away
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target), timeout=2)
             except OSError:

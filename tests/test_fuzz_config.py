@@ -22,50 +22,23 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from amulet_stream.config import _TYPES, Config, ConfigError, load
 from amulet_stream.synth import generate
 from amulet_stream.wav import MAX_CHANNELS, RATES, write_wav
 
+from .fuzzing import fuzz_seconds, run_budget
+
 BIN = Path(sys.executable).parent / "amulet-stream"
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_CODES = {0, 1, 2, 3}
 """README: 0 ok, 1 anomaly with --fail-on-anomaly, 2 bad usage or input, 3 run gave up."""
-
-
-def fuzz_seconds(default: float) -> float:
-    """The time budget of one fuzzer, s: AMULET_FUZZ_SECONDS if set (a longer run), else default."""
-    return float(os.environ.get("AMULET_FUZZ_SECONDS", default))
-
-
-def run_budget(
-    seconds: float, batch: int, strategy: st.SearchStrategy[Any], check: Callable[[Any], None]
-) -> int:
-    """Run `check` on inputs drawn from `strategy` in hypothesis runs of `batch` examples until
-    `seconds` have passed (a started run is finished); return the number of inputs tried."""
-    count = 0
-    stop = time.monotonic() + seconds
-
-    @settings(
-        max_examples=batch, deadline=None, database=None, suppress_health_check=list(HealthCheck)
-    )
-    @given(strategy)
-    def one(value: Any) -> None:
-        nonlocal count
-        count += 1
-        check(value)
-
-    while time.monotonic() < stop:
-        one()
-    return count
 
 
 # -- TOML documents -------------------------------------------------------------------------

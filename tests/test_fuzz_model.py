@@ -25,8 +25,8 @@ from amulet_stream.cli import main
 from amulet_stream.model import Model, ModelError, default_model_path
 from amulet_stream.synth import generate
 from amulet_stream.wav import write_wav
+from tests.fuzzing import fuzz_seconds, run_budget
 from tests.test_fuzz_replay import ReplayWorker, check_replay
-from tests.test_fuzz_wav import fuzz_seconds, run_budget
 
 onnx = pytest.importorskip("onnx", reason="building foreign models needs the onnx package")
 from onnx import TensorProto, helper  # noqa: E402

@@ -23,14 +23,8 @@ import pytest
 from hypothesis import strategies as st
 
 from amulet_stream.synth import Fault, generate
-from tests.test_fuzz_wav import (
-    REGRESSIONS,
-    _chunk,
-    encode,
-    fuzz_seconds,
-    mutated_wav,
-    run_budget,
-)
+from tests.fuzzing import fuzz_seconds, run_budget
+from tests.test_fuzz_wav import REGRESSIONS, _chunk, encode, mutated_wav
 
 ADDRESS_SPACE = 1 << 30
 """RLIMIT_AS of the worker, bytes: a replay in it peaks at about 360 MB of address space."""

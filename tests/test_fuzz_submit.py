@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from amulet_stream.model import Model
 from amulet_stream.submit import SubmitLimits
 
-from .test_fuzz_wav import fuzz_seconds, mutated_wav, run_budget
+from .fuzzing import fuzz_seconds, run_budget
+from .test_fuzz_wav import mutated_wav
 from .test_submit_limits import MODEL, chunked, exchange, head, listening, wav_file
 
 LIMIT = 96 * 1024

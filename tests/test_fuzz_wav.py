@@ -9,9 +9,7 @@ the file. Time budget: AMULET_FUZZ_SECONDS (default 10 s).
 
 from __future__ import annotations
 
-import os
 import struct
-import time
 import tracemalloc
 import warnings
 from collections.abc import Callable
@@ -21,10 +19,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from amulet_stream.wav import MAX_CHANNELS, RATES, WavError, iter_blocks, read_info
+
+from .fuzzing import fuzz_seconds, run_budget
 
 ENCODINGS = [(1, 8), (1, 16), (1, 24), (1, 32), (3, 32), (3, 64)]
 """(format tag, bits per sample) the reader supports."""
@@ -35,11 +34,6 @@ INTERESTING_U16 = [0, 1, 2, 3, 4, 7, 8, 16, 24, 32, 64, 255, 256, 257, 0x7FFF, 0
 
 GUID_TAIL = bytes.fromhex("000000001000800000aa00389b71")
 """The sub-format GUID of WAVE_FORMAT_EXTENSIBLE after its first two bytes (the format tag)."""
-
-
-def fuzz_seconds(default: float) -> float:
-    """The time budget of one fuzzer, s: AMULET_FUZZ_SECONDS if set (a longer run), else default."""
-    return float(os.environ.get("AMULET_FUZZ_SECONDS", default))
 
 
 def alloc_bound(file_size: int) -> int:
@@ -184,31 +178,6 @@ def _read_all(path: Path, size: int) -> str:
         total += block.shape[0]
     assert total == info.frames
     return "ok"
-
-
-def run_budget(
-    seconds: float, batch: int, strategy: st.SearchStrategy[Any], check: Callable[[Any], None]
-) -> int:
-    """Run `check` on inputs drawn from `strategy` in hypothesis runs of `batch` examples until
-    `seconds` have passed (a started run is finished); return the number of inputs tried."""
-    count = 0
-    stop = time.monotonic() + seconds
-
-    @settings(
-        max_examples=batch,
-        deadline=None,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(strategy)
-    def one(value: Any) -> None:
-        nonlocal count
-        count += 1
-        check(value)
-
-    while time.monotonic() < stop:
-        one()
-    return count
 
 
 # Found by this fuzzer or by the issue's own fuzzing (issue 9), kept as regression cases.

@@ -13,7 +13,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -106,28 +107,53 @@ def daemon_section(state: Path) -> str:
     return f'[daemon]\nstate_dir = "{state}"\n'
 
 
-def outage(broker: Mosquitto, proxy: Proxy, sub: Subscriber, how: signal.Signals) -> None:
-    """Stop the broker with `how`, start it again after 3 s; the daemon (behind the proxy) gets
-    through only once the subscriber is back, so what the broker lost is only what it had."""
-    assert broker.proc is not None
-    broker.proc.send_signal(how)
-    broker.proc.wait(10)
+def outage(rig: Rig, how: signal.Signals) -> None:
+    """Stop the broker with `how` and start it again after 3 s; the monitor (behind the proxy)
+    gets through only once the subscriber is back on it, else it would publish to nobody."""
+    assert rig.broker.proc is not None
+    rig.proxy.block(True)
+    rig.broker.proc.send_signal(how)
+    rig.broker.proc.wait(10)
+    rig.proxy.cut()
     time.sleep(3)
-    proxy.cut()
-    broker.start()
-    subscribed_again(broker, sub)
+    rig.broker.start()
+    subscribed_again(rig.broker, rig.sub)
+    rig.proxy.block(False)
 
 
-@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-def test_broker_restarted_during_a_paced_replay(
-    cycles: Path, tmp_path: Path, how: signal.Signals
-) -> None:
+@dataclass
+class Rig:
+    """A broker, a proxy in front of it (the monitor's way in), a subscriber on the broker."""
+
+    broker: Mosquitto
+    proxy: Proxy
+    sub: Subscriber
+    state: Path
+
+    def config(self, path: Path, streams: str = "") -> Path:
+        path.write_text(streams + mqtt_section(self.proxy.port) + daemon_section(self.state))
+        return path
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
     broker = Mosquitto(tmp_path)
     broker.start()
     proxy = Proxy(broker.port)
     sub = Subscriber(broker.port)
-    cfg = tmp_path / "r.toml"
-    cfg.write_text(mqtt_section(proxy.port) + daemon_section(tmp_path / "state"))
+    try:
+        yield Rig(broker, proxy, sub, tmp_path / "state")
+    finally:
+        sub.close()
+        proxy.close()
+        broker.stop()
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_broker_restarted_during_a_paced_replay(
+    cycles: Path, tmp_path: Path, rig: Rig, how: signal.Signals
+) -> None:
+    cfg = rig.config(tmp_path / "r.toml")
     proc = subprocess.Popen(
         [BIN, "replay", cycles, "--speed", "2", "--config", cfg, "--stream", "default"],
         stdout=subprocess.PIPE,
@@ -135,80 +161,55 @@ def test_broker_restarted_during_a_paced_replay(
         text=True,
     )
     try:
-        wait_until(lambda: len(sub.on("amulet/default/alert")) >= 1, 20, "the first alert")
-        outage(broker, proxy, sub, how)
+        wait_until(lambda: len(rig.sub.on("amulet/default/alert")) >= 1, 20, "the first alert")
+        outage(rig, how)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         expected = state_changes([json.loads(line) for line in out.splitlines()])
         assert len(expected) >= 3, out
-        wait_delivered(sub, "default", expected, 30)
+        wait_delivered(rig.sub, "default", expected, 30)
         assert "mqtt: disconnected from" in err
     finally:
         if proc.poll() is None:
             proc.kill()
-        sub.close()
-        proxy.close()
-        broker.stop()
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_broker_restarted_while_the_daemon_runs(
-    cycles: Path, tmp_path: Path, how: signal.Signals
+    cycles: Path, tmp_path: Path, rig: Rig, how: signal.Signals
 ) -> None:
-    broker = Mosquitto(tmp_path)
-    broker.start()
-    proxy = Proxy(broker.port)
-    sub = Subscriber(broker.port)
-    cfg = tmp_path / "d.toml"
-    cfg.write_text(
-        stream("m1", cycles) + mqtt_section(proxy.port) + daemon_section(tmp_path / "state")
-    )
-    d = Daemon(cfg)
+    d = Daemon(rig.config(tmp_path / "d.toml", stream("m1", cycles)))
     try:
         d.wait_for("normal", "m1", timeout=20)
-        outage(broker, proxy, sub, how)
+        outage(rig, how)
         assert d.proc.wait(60) == 0, d.stderr.decode()  # the file ends: exit 0
         d.stop()
         expected = state_changes(d.records)
         assert len(expected) >= 3, d.records
-        wait_delivered(sub, "m1", expected, 30)
+        wait_delivered(rig.sub, "m1", expected, 30)
     finally:
         d.stop()
-        sub.close()
-        proxy.close()
-        broker.stop()
 
 
 def test_a_proxy_that_cuts_and_stalls_the_connection_loses_nothing(
-    cycles: Path, tmp_path: Path
+    cycles: Path, tmp_path: Path, rig: Rig
 ) -> None:
-    broker = Mosquitto(tmp_path)
-    broker.start()
-    proxy = Proxy(broker.port)
-    sub = Subscriber(broker.port)
-    cfg = tmp_path / "p.toml"
-    cfg.write_text(
-        stream("m1", cycles) + mqtt_section(proxy.port) + daemon_section(tmp_path / "state")
-    )
-    d = Daemon(cfg)
+    d = Daemon(rig.config(tmp_path / "p.toml", stream("m1", cycles)))
     try:
         d.wait_for("normal", "m1", timeout=20)
-        assert proxy.cut() >= 1  # a reset in the middle of the stream
+        assert rig.proxy.cut() >= 1  # a reset in the middle of the stream
         d.wait_for("anomaly", "m1", timeout=20)
-        proxy.stall(True)  # then a connection that goes quiet: no bytes either way
+        rig.proxy.stall(True)  # then a connection that goes quiet: no bytes either way
         time.sleep(6)
-        proxy.stall(False)
+        rig.proxy.stall(False)
         assert d.proc.wait(60) == 0, d.stderr.decode()
         d.stop()
         expected = state_changes(d.records)
         assert len(expected) >= 3
-        wait_delivered(sub, "m1", expected, 40)
-        assert proxy.accepted >= 2  # it did reconnect
+        wait_delivered(rig.sub, "m1", expected, 40)
+        assert rig.proxy.accepted >= 2  # it did reconnect
     finally:
         d.stop()
-        sub.close()
-        proxy.close()
-        broker.stop()
 
 
 @pytest.mark.parametrize("broker_up", [True, False], ids=["broker-up", "broker-down"])
