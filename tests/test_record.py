@@ -371,7 +371,9 @@ def test_unknown_device_and_missing_channel_are_refused(alsa_home: Path, tmp_pat
     _refused(proc, "device 'no-such-mic' is not an input device. Input devices: ", tmp_path)
     assert "amuletrec" in proc.stderr
     proc = _record(["--device", "amuletrec", "--channel", "100000", *out], alsa_home)
+    _refused(proc, "--channel must be 0 to 255, not 100000", tmp_path)  # the config key's rule
+    proc = _record(["--device", "amuletrec", "--channel", "200", *out], alsa_home)
     _refused(proc, "device 'amuletrec' has ", tmp_path)
-    assert "input channel(s) (0.." in proc.stderr and "channel 100000 requested" in proc.stderr
-    proc = _record(["--device", "amuletrec", "--channels", "100001", *out], alsa_home)
-    _refused(proc, "100001 channels requested", tmp_path)
+    assert "input channel(s) (0.." in proc.stderr and "channel 200 requested" in proc.stderr
+    proc = _record(["--device", "amuletrec", "--channels", "201", *out], alsa_home)
+    _refused(proc, "201 channels requested", tmp_path)
