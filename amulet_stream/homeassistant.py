@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .private import make_private_dirs, private_fd
+from .private import make_private_dirs, private_fd, read_small
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -131,10 +131,10 @@ class Announced:
 
     def load(self) -> tuple[dict[str, list[str]], str | None]:
         """(stream -> retained topics, availability topic) as a previous run left them."""
-        if self.path is None or not self.path.exists():
+        if self.path is None or not os.path.lexists(self.path):
             return {}, None
         try:
-            doc = json.loads(self.path.read_text())
+            doc = json.loads(read_small(self.path, 1 << 24))
             streams, availability = doc["streams"], doc.get("availability")
             if not isinstance(streams, dict) or not all(
                 isinstance(t, list) and all(isinstance(x, str) for x in t) for t in streams.values()

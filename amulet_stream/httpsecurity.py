@@ -61,12 +61,13 @@ class ListenerSecurity:
         for key, path in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
             if path is not None and not path.is_file():
                 raise ListenError(f"metrics.{key} {path}: no such file")
+        _check_pem(self.tls_cert, self.tls_key)
         try:
             ctx.load_cert_chain(self.tls_cert, self.tls_key)
         except ssl.SSLError as err:
             raise ListenError(
                 f"metrics.tls_cert {self.tls_cert}: cannot load the certificate and key "
-                f"({err.reason or err})"
+                f"({err.reason or err}; do they belong together?)"
             ) from err
         except OSError as err:
             raise ListenError(f"metrics.tls_cert {self.tls_cert}: {err.strerror or err}") from err
@@ -102,3 +103,27 @@ class ListenerSecurity:
         if not password:
             raise ListenError(f"{where}: empty")
         return BasicAuth(user, password)
+
+
+def _check_pem(cert: Path, key: Path | None) -> None:
+    """Name what is wrong with the PEM files before OpenSSL says "PEM lib": a key where the
+    certificate should be, no key at all, a key file others can read (ListenError)."""
+    try:
+        cert_text = cert.read_bytes()[: 1 << 20]
+        key_text = key.read_bytes()[: 1 << 20] if key is not None else cert_text
+    except OSError as err:
+        raise ListenError(f"metrics TLS file: {err.filename}: {err.strerror or err}") from err
+    if b"-----BEGIN CERTIFICATE-----" not in cert_text:
+        what = "a private key" if b"PRIVATE KEY-----" in cert_text else "not a PEM file"
+        raise ListenError(f"metrics.tls_cert {cert}: {what}, not a PEM certificate")
+    if b"PRIVATE KEY-----" not in key_text:
+        if key is None:
+            raise ListenError(f"metrics.tls_cert {cert}: no private key in it: set metrics.tls_key")
+        raise ListenError(f"metrics.tls_key {key}: not a PEM private key")
+    holder, name = (key, "tls_key") if key is not None else (cert, "tls_cert")
+    mode = holder.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ListenError(
+            f"metrics.{name} {holder}: holds the private key and is readable by others than "
+            f"its owner (mode {mode:04o}): chmod 600 it"
+        )

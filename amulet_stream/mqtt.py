@@ -41,6 +41,10 @@ _LOGGER = logging.getLogger(__name__)
 SILENT_SECONDS = 10.0
 """A connection that neither succeeds nor fails for this long is reported once."""
 
+FLAP_SECONDS = 5.0
+FLAP_COUNT = 3
+"""FLAP_COUNT connections in a row closed within FLAP_SECONDS: another client with our id?"""
+
 STATES = ("normal", "anomaly", "input_problem", "down")
 
 
@@ -101,7 +105,10 @@ class MqttSettings:
                         f"mqtt.password_file {self.password_file}: readable by others than "
                         f"its owner (mode {mode & 0o777:04o}): chmod 600 it"
                     )
-                return self.password_file.read_text().strip()
+                secret = self.password_file.read_text().strip()
+                if not secret:
+                    raise MqttConfigError(f"mqtt.password_file {self.password_file}: empty")
+                return secret
             except OSError as err:
                 raise MqttConfigError(
                     f"mqtt.password_file {self.password_file}: {err.strerror or err}"
@@ -158,7 +165,8 @@ class MqttSink:
         self._seeded: set[str] = set()  # streams whose state comes from an earlier run
         if isinstance(self._outbox, DurableOutbox):
             self._states = self._outbox.load_states()
-            self._seeded = set(self._states)
+            queued = self._outbox.replayed_topics  # sent anyway: not twice
+            self._seeded = {s for s in self._states if self.topic(s, "state") not in queued}
         self._discovery = Discovery(
             settings.homeassistant,
             self._topics,
@@ -172,6 +180,8 @@ class MqttSink:
         self._outage: tuple[float, int] | None = None  # (start, failed attempts) while away
         self._silent_warned = False
         self._was_up = False  # connected at least once (sender thread only)
+        self._up_since = 0.0  # time.monotonic() of the last connect (sender thread only)
+        self._flaps = 0  # connections in a row the broker closed within FLAP_SECONDS
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
         )
@@ -340,11 +350,12 @@ class MqttSink:
             kinds = ", ".join(f"{k} {n}" for k, n in queued.items() if n)
             folder = self.outbox_folder
             kept = queued["alert"] + queued["state"]
-            where = (
-                f"; {kept} alert/state message(s) wait in {folder} for the next start"
-                if folder is not None and kept
-                else ""
-            )
+            if folder is None:
+                where = "; they are lost (no state directory keeps them)"
+            elif kept:
+                where = f"; {kept} alert/state message(s) wait in {folder} for the next start"
+            else:
+                where = ""
             _LOGGER.warning("mqtt: %d message(s) not delivered at exit (%s)%s", left, kinds, where)
         self._stop.set()
         self._wake.set()
@@ -560,6 +571,7 @@ class MqttSink:
                 else:
                     _LOGGER.info("mqtt: connected to %s", where)
                 resend, self._outage, self._was_up = self._was_up, None, True
+                self._up_since = time.monotonic()
                 self._silent_warned = False
                 with self._lock:
                     for stream, payload in self._states.items():
@@ -573,6 +585,7 @@ class MqttSink:
                     self._discovery.resend()
             elif kind == "disconnected":
                 self._outage = (time.monotonic(), 0)
+                self._check_flapping(arg)
                 _LOGGER.warning(
                     "mqtt: disconnected from %s (%s); %d message(s) kept",
                     where,
@@ -595,6 +608,21 @@ class MqttSink:
             elif kind == "ha-online":
                 with self._lock:
                     self._discovery.resend()
+
+    def _check_flapping(self, reason: str) -> None:
+        """Say once when the broker keeps closing the connection right after it opens: the
+        sign of another client with this client id (each takes the session from the other)."""
+        short = time.monotonic() - self._up_since < FLAP_SECONDS
+        self._flaps = self._flaps + 1 if short else 0
+        if self._flaps == FLAP_COUNT:
+            _LOGGER.error(
+                "mqtt: the broker closed the connection right after it opened, %d times in a "
+                "row (last: %s): is another client using client_id %r? Each monitor needs its "
+                "own ([mqtt] client_id)",
+                self._flaps,
+                reason,
+                self.client_id,
+            )
 
     def _check_silent(self, where: str) -> None:
         """Warn once when a connection neither fails nor succeeds (a broker that accepts the

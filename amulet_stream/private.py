@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 FILE_MODE = 0o600
@@ -40,3 +42,22 @@ def make_private_dirs(folder: Path) -> None:
                 raise
             continue  # created meanwhile by someone else: theirs
         os.chmod(path, DIR_MODE)
+
+
+def read_small(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, not through a symlink and never
+    waiting (a FIFO, a device or a symlink in its place is an OSError, a larger file a
+    ValueError): for files in the state directory, which anyone able to write there controls."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ValueError("a symbolic link, not a file") from err
+        raise
+    with os.fdopen(fd, "rb", closefd=True) as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return data

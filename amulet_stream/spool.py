@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .outbox import KINDS, Message, Outbox
-from .private import make_private_dirs, private_fd
+from .private import make_private_dirs, private_fd, read_small
 
 _LOGGER = logging.getLogger(__name__)
 DURABLE_KINDS = ("alert", "state")
@@ -49,11 +49,18 @@ class DurableOutbox(Outbox):
         """Messages that could not be written (disk full...): kept in memory only."""
         self.replayed = 0
         """Messages read back on start."""
+        self.replayed_topics: set[str] = set()
+        """Their topics."""
         try:
             make_private_dirs(folder)
-            self._lock_fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+            lock = folder / "lock"
+            self._lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as err:
-            raise SpoolError(f"mqtt outbox folder {folder}: {err.strerror or err}") from err
+            where = err.filename or folder
+            raise SpoolError(
+                f"mqtt outbox folder {folder}: {where}: {err.strerror or err}"
+                + (" (a file is in the way)" if isinstance(err, FileExistsError) else "")
+            ) from err
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -89,10 +96,10 @@ class DurableOutbox(Outbox):
     def load_states(self) -> dict[str, str]:
         """Stream -> the last retained state payload a previous run published."""
         path = self.folder / STATES_FILE
-        if not path.exists():
+        if not os.path.lexists(path):
             return {}
         try:
-            doc: Any = json.loads(path.read_bytes())
+            doc: Any = json.loads(read_small(path, MAX_FILE_BYTES))
             if not isinstance(doc, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in doc.items()
             ):
@@ -197,21 +204,19 @@ class DurableOutbox(Outbox):
             victim = Outbox.put(self, msg)
             self._paths[id(msg)] = path
             self.replayed += 1
+            self.replayed_topics.add(msg.topic)
             if victim is not None:
                 self._forget(victim)
-        if self.replayed or self.corrupt:
+        if self.replayed:
             _LOGGER.warning(
-                "mqtt: %d undelivered message(s) from an earlier run in %s (sent first)%s",
+                "mqtt: %d undelivered message(s) from an earlier run in %s (sent first)",
                 self.replayed,
                 self.folder,
-                f"; {self.corrupt} malformed file(s) skipped and deleted" if self.corrupt else "",
             )
 
     def _read(self, path: Path) -> Message | None:
         try:
-            if path.stat().st_size > MAX_FILE_BYTES:
-                raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
-            doc: Any = json.loads(path.read_bytes())
+            doc: Any = json.loads(read_small(path, MAX_FILE_BYTES))
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
             topic, payload, qos = doc.get("topic"), doc.get("payload"), doc.get("qos")
@@ -223,12 +228,15 @@ class DurableOutbox(Outbox):
             if not isinstance(retain, bool) or kind not in KINDS:
                 raise ValueError("qos, retain or kind invalid")
         except (OSError, ValueError) as err:
-            self._bad(path, str(err))
+            self._bad(path, err.strerror or str(err) if isinstance(err, OSError) else str(err))
             return None
         return Message(topic, payload, qos, retain, kind)
 
     def _bad(self, path: Path, why: str) -> None:
         self.corrupt += 1
-        _LOGGER.error("mqtt: skipping malformed outbox file %s (%s): deleted", path, why)
-        with contextlib.suppress(OSError):
+        try:
             path.unlink()
+            fate = "deleted"
+        except OSError as err:
+            fate = f"cannot delete it: {err.strerror or err}"
+        _LOGGER.error("mqtt: skipping malformed outbox file %s (%s): %s", path, why, fate)

@@ -246,6 +246,9 @@ def test_security_settings_mistakes_are_one_line(
         with pytest.raises(ListenError) as err:
             sec.basic_auth()
         assert str(err.value) == message
+    open_key = tmp_path / "open.key"
+    open_key.write_bytes(key.read_bytes())
+    open_key.chmod(0o644)
     tls_cases = [
         (ListenerSecurity(tls_key=key), "metrics.tls_key is set without metrics.tls_cert"),
         (
@@ -254,9 +257,25 @@ def test_security_settings_mistakes_are_one_line(
         ),
         (
             ListenerSecurity(tls_cert=cert),
-            f"metrics.tls_cert {cert}: cannot load the certificate and key",
+            f"metrics.tls_cert {cert}: no private key in it: set metrics.tls_key",
         ),
-        (ListenerSecurity(tls_cert=loose, tls_key=key), f"metrics.tls_cert {loose}: cannot load"),
+        (
+            ListenerSecurity(tls_cert=loose, tls_key=key),
+            f"metrics.tls_cert {loose}: not a PEM file, not a PEM certificate",
+        ),
+        (
+            ListenerSecurity(tls_cert=key),
+            f"metrics.tls_cert {key}: a private key, not a PEM certificate",
+        ),
+        (
+            ListenerSecurity(tls_cert=cert, tls_key=cert),
+            f"metrics.tls_key {cert}: not a PEM private key",
+        ),
+        (
+            ListenerSecurity(tls_cert=cert, tls_key=open_key),
+            f"metrics.tls_key {open_key}: holds the private key and is readable by others than "
+            "its owner (mode 0644): chmod 600 it",
+        ),
     ]
     for sec, message in tls_cases:
         with pytest.raises(ListenError) as err:

@@ -4,6 +4,7 @@ MqttSink's routing, score interval, stream removal and pruning, and its outbox."
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -541,3 +542,21 @@ def test_outbox_priorities_bounds_and_drops() -> None:
     assert box.queued_by_kind() == {"alert": 0, "state": 0, "score": 0, "other": 2}
     with pytest.raises(ValueError, match="kind"):
         box.put(_msg("bogus"))
+
+
+@needs_broker
+def test_two_monitors_with_one_client_id_are_told_so(
+    broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the stranger test: they take the session from each other forever, and only
+    'disconnected' lines said anything."""
+    caplog.set_level(logging.WARNING, logger="amulet_stream.mqtt")
+    one = MqttSink(MqttSettings(port=broker.port, client_id="twin"))
+    two = MqttSink(MqttSettings(port=broker.port, client_id="twin"))
+    one.start()
+    two.start()
+    try:
+        wait_until(lambda: "is another client using client_id 'twin'" in caplog.text, 40, "a hint")
+    finally:
+        one.close(0.5)
+        two.close(0.5)

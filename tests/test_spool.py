@@ -118,3 +118,28 @@ def test_last_states_survive_a_restart(tmp_path: Path) -> None:
     (tmp_path / "o" / "states.json").write_text("[1, 2]")
     assert again.load_states() == {}  # a malformed file is ignored (and logged)
     again.close()
+
+
+def test_fifos_symlinks_and_folders_in_the_outbox_never_block_or_swell(tmp_path: Path) -> None:
+    """Found by the stranger test: a symlink to /dev/zero grew the process to 7.9 GB, a FIFO
+    hung the start. Each is now a malformed entry, read without waiting or following."""
+    folder = tmp_path / "o"
+    folder.mkdir()
+    os.mkfifo(folder / "000000000003.msg")
+    os.symlink("/dev/zero", folder / "000000000004.msg")
+    (folder / "000000000005.msg").mkdir()
+    os.mkfifo(folder / "states.json")
+    box = DurableOutbox(10, 10, folder)
+    assert box.corrupt == 3 and len(box) == 0
+    assert box.load_states() == {}
+    assert files(folder) == ["000000000005.msg"]  # a folder cannot be deleted: said so
+    box.close()
+
+
+def test_a_file_in_the_way_is_named(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SpoolError, match=r"afile: File exists \(a file is in the way\)"):
+        DurableOutbox(10, 10, tmp_path / "afile" / "outbox")
+    (tmp_path / "o" / "lock").mkdir(parents=True)
+    with pytest.raises(SpoolError, match=r"o/lock: Is a directory"):
+        DurableOutbox(10, 10, tmp_path / "o")
