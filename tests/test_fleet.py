@@ -70,18 +70,19 @@ class Proc:
 
 @dataclass
 class Collector:
-    """An MQTT subscriber to <prefix>/+/alert that records every payload; subscribed is set
+    """An MQTT subscriber (QoS 1) that records every (topic, JSON payload); `subscribed` is set
     once the broker acknowledged the subscription."""
 
     port: int
     name: str
-    alerts: list[dict[str, object]] = field(default_factory=list)
+    pattern: str = "amulet/+/alert"
+    received: list[tuple[str, dict[str, object]]] = field(default_factory=list)
     subscribed: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.name)
-        self.client.on_connect = lambda c, u, f, r, p: c.subscribe("amulet/+/alert", qos=1)
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(self.pattern, qos=1)
         self.client.on_subscribe = lambda c, u, m, r, p: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", self.port, keepalive=10)
@@ -89,7 +90,7 @@ class Collector:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.alerts.append(json.loads(msg.payload))
+            self.received.append((msg.topic, json.loads(msg.payload)))
 
     def close(self) -> None:
         self.client.disconnect()
@@ -151,6 +152,17 @@ def _restored(p: Proc, audio: dict[str, Path]) -> None:
         shutil.copy(audio["faulty"], p.folder / "faulty.wav")
 
 
+def _usage(pid: int) -> tuple[float, float]:
+    """(VmRSS in MB, CPU seconds so far) of a process."""
+    rss = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
+    )
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return rss / 1024, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _broker_order(log: str, subscriber: str) -> list[str]:
     """Daemon connections after the restart that came before `subscriber` subscribed."""
     after = log.split(" starting", 2)[-1]  # the second start's lines
@@ -191,8 +203,10 @@ def test_twenty_daemons_on_one_broker_deliver_every_alert_across_a_broker_restar
     try:
         for p in daemons:  # every stream of every daemon has decided a first state
             wait_until(
-                lambda p=p: {r["stream"] for r in p.records()} >= set(p.streams)
-                or p.proc.poll() is not None,
+                lambda p=p: (
+                    {r["stream"] for r in p.records()} >= set(p.streams)
+                    or p.proc.poll() is not None
+                ),
                 60,
                 f"first states of daemon {p.k}",
             )
@@ -214,6 +228,7 @@ def test_twenty_daemons_on_one_broker_deliver_every_alert_across_a_broker_restar
         for p in daemons:
             _restored(p, audio)
         time.sleep(RUN_AFTER / 2)
+        usage = [_usage(p.proc.pid) for p in daemons]
         for p in daemons:
             p.proc.send_signal(signal.SIGTERM)
         codes = [p.proc.wait(20) for p in daemons]
@@ -231,7 +246,7 @@ def test_twenty_daemons_on_one_broker_deliver_every_alert_across_a_broker_restar
     assert not early, f"daemons reconnected before the test subscribed again: {early}"
 
     received: dict[str, list[dict[str, object]]] = {}
-    for alert in first.alerts + second.alerts:
+    for _, alert in first.received + second.received:
         received.setdefault(str(alert["stream"]), []).append(alert)
     total = dupes = during = 0
     kinds: dict[str, int] = {}
@@ -260,6 +275,66 @@ def test_twenty_daemons_on_one_broker_deliver_every_alert_across_a_broker_restar
         f"fleet: {DAEMONS} daemons, {total} alert/state events ({kinds}) all received, "
         f"{dupes} duplicate(s) dropped by event_id, {during} raised while the broker was "
         f"away; {time.monotonic() - t_up:.0f} s from all up, "
-        f"{time.monotonic() - t_start:.0f} s in all"
+        f"{time.monotonic() - t_start:.0f} s in all; VmRSS {sum(r for r, _ in usage):.0f} MB "
+        f"for all ({min(r for r, _ in usage):.1f}-{max(r for r, _ in usage):.1f} MB each), "
+        f"CPU {sum(c for _, c in usage):.1f} s for all by the stop"
     )
     assert during > 0, "no alert was raised while the broker was away: the restart tested nothing"
+
+
+def test_a_site_broker_bridged_to_a_central_one_forwards_alerts_and_states(
+    tmp_path: Path,
+) -> None:
+    # the bridge of docs/scaling.md: alerts, states and availability cross under the site's
+    # prefix; scores stay on the site
+    reason = have("mosquitto")
+    if reason:
+        pytest.skip(reason)
+    (tmp_path / "central").mkdir()
+    (tmp_path / "site").mkdir()
+    central = Mosquitto(tmp_path / "central")
+    central.start()
+    site = Mosquitto(
+        tmp_path / "site",
+        extra=f"connection central\naddress 127.0.0.1:{central.port}\n"
+        "bridge_protocol_version mqttv50\nremote_clientid site-hall3\ncleansession false\n"
+        + "".join(
+            f'topic amulet/+/{kind} out 1 "" sites/hall3/\n'
+            for kind in ("alert", "state", "status")
+        ),
+    )
+    site.start()
+    hq: Collector | None = None
+    try:
+        wait_until(lambda: "as site-hall3" in central.log.read_text(), 10, "the bridge to connect")
+        hq = Collector(central.port, "hq", "sites/#")
+        wait_until(hq.subscribed.is_set, 10, "the central subscription")
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="amulet-site")
+        pub.connect("127.0.0.1", site.port)
+        pub.loop_start()
+        alert = {"event": "anomaly", "stream": "m1", "event_id": "e1"}
+        for topic, payload, qos, retain in (
+            ("amulet/m1/score", {"score": 0.3}, 0, False),
+            ("amulet/m1/alert", alert, 1, False),
+            ("amulet/m1/state", {**alert, "state": "anomaly"}, 1, True),
+        ):
+            pub.publish(topic, json.dumps(payload), qos=qos, retain=retain).wait_for_publish(5)
+        wait_until(lambda: len(hq.received) >= 2, 10, "alert and state at the central broker")
+        time.sleep(0.3)  # a score would have arrived by now
+        pub.disconnect()
+        pub.loop_stop()
+        assert [(t, b["event_id"]) for t, b in hq.received] == [
+            ("sites/hall3/amulet/m1/alert", "e1"),
+            ("sites/hall3/amulet/m1/state", "e1"),
+        ]  # the score, published first, stayed on the site
+        late = Collector(central.port, "dashboard", "sites/#")  # connects later: retained state
+        try:
+            wait_until(lambda: len(late.received) >= 1, 10, "the retained state")
+            assert [t for t, _ in late.received] == ["sites/hall3/amulet/m1/state"]
+        finally:
+            late.close()
+    finally:
+        if hq is not None:
+            hq.close()
+        site.stop()
+        central.stop()
