@@ -61,3 +61,11 @@ def read_small(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise ValueError(f"larger than {limit} bytes")
     return data
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte (os.write may write fewer: a full disk, a file-size limit); the
+    error that stops it is raised (OSError)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .outbox import KINDS, Message, Outbox
-from .private import make_private_dirs, private_fd, read_small
+from .private import make_private_dirs, private_fd, read_small, write_all
 
 _LOGGER = logging.getLogger(__name__)
 DURABLE_KINDS = ("alert", "state")
@@ -116,7 +116,7 @@ class DurableOutbox(Outbox):
         try:
             fd = private_fd(tmp)
             try:
-                os.write(fd, json.dumps(states, sort_keys=True).encode())
+                write_all(fd, json.dumps(states, sort_keys=True).encode())
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -147,7 +147,7 @@ class DurableOutbox(Outbox):
         try:
             fd = private_fd(tmp)
             try:
-                os.write(fd, body + b"\n")
+                write_all(fd, body + b"\n")
                 os.fsync(fd)
             finally:
                 os.close(fd)

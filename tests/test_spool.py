@@ -143,3 +143,29 @@ def test_a_file_in_the_way_is_named(tmp_path: Path) -> None:
     (tmp_path / "o" / "lock").mkdir(parents=True)
     with pytest.raises(SpoolError, match=r"o/lock: Is a directory"):
         DurableOutbox(10, 10, tmp_path / "o")
+
+
+def test_a_real_disk_full_error_keeps_monitoring(tmp_path: Path) -> None:
+    """EFBIG from a file-size limit (RLIMIT_FSIZE), in a child process: the alert cannot be
+    written, it is logged and counted, and it still waits in memory for the broker."""
+    import subprocess
+    import sys
+
+    code = f"""
+import resource, signal, json
+from pathlib import Path
+from amulet_stream.outbox import Message
+from amulet_stream.spool import DurableOutbox
+box = DurableOutbox(10, 10, Path({str(tmp_path / "o")!r}))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
+box.put(Message("amulet/m1/alert", json.dumps({{"event_id": "e1", "pad": "x" * 64}}), 1, False, "alert"))
+print(json.dumps({{"errors": box.write_errors, "queued": len(box)}}))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"errors": 1, "queued": 1}
+    assert "File too large" in proc.stderr and "waits in memory only" in proc.stderr
+    assert files(tmp_path / "o") == [] and not list((tmp_path / "o").glob("*.tmp"))
