@@ -167,7 +167,11 @@ def iter_blocks(info: WavInfo, block_frames: int = 65536) -> Iterator[npt.NDArra
 def select_channel(block: npt.NDArray[np.float32], channel: int | None) -> npt.NDArray[np.float32]:
     """Pick one channel (0-based) or, with None, down-mix to mono by the mean."""
     if channel is None:
-        return block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        if block.shape[1] == 1:
+            return block[:, 0]
+        with np.errstate(invalid="ignore", over="ignore"):  # +inf with -inf: NaN, judged later
+            mixed: npt.NDArray[np.float32] = block.mean(axis=1, dtype=np.float32)
+        return mixed
     if not 0 <= channel < block.shape[1]:
         raise ValueError(f"channel {channel} does not exist ({block.shape[1]} channels)")
     return np.ascontiguousarray(block[:, channel])

@@ -159,7 +159,8 @@ from amulet_stream.spool import DurableOutbox
 box = DurableOutbox(10, 10, Path({str(tmp_path / "o")!r}))
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
-box.put(Message("amulet/m1/alert", json.dumps({{"event_id": "e1", "pad": "x" * 64}}), 1, False, "alert"))
+body = json.dumps({{"event_id": "e1", "pad": "x" * 64}})
+box.put(Message("amulet/m1/alert", body, 1, False, "alert"))
 print(json.dumps({{"errors": box.write_errors, "queued": len(box)}}))
 """
     proc = subprocess.run(
