@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .private import make_private_dirs, private_fd, read_small
+from .private import make_private_dirs, read_small, replace_file
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -152,12 +152,9 @@ class Announced:
         if self.path is None:
             return
         doc = {"version": 1, "availability": availability, "streams": streams}
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             make_private_dirs(self.path.parent)
-            with os.fdopen(private_fd(tmp), "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-            os.replace(tmp, self.path)
+            replace_file(self.path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
         except OSError as err:
             if not self._warned:
                 _LOGGER.warning(

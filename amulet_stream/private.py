@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -69,3 +70,27 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Put `data` in `path` whole or not at all: a private `<path>.tmp`, fsynced, renamed over
+    `path`, then the folder fsynced (the rename survives a power cut). OSError: nothing
+    changed (the temporary file is removed)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = private_fd(tmp)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .outbox import KINDS, Message, Outbox
-from .private import make_private_dirs, private_fd, read_small, write_all
+from .private import make_private_dirs, read_small, replace_file
 
 _LOGGER = logging.getLogger(__name__)
 DURABLE_KINDS = ("alert", "state")
@@ -112,15 +112,8 @@ class DurableOutbox(Outbox):
     def save_states(self, states: dict[str, str]) -> None:
         """Replace the last-states file (temporary file, fsync, rename)."""
         path = self.folder / STATES_FILE
-        tmp = path.with_name(STATES_FILE + ".tmp")
         try:
-            fd = private_fd(tmp)
-            try:
-                write_all(fd, json.dumps(states, sort_keys=True).encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+            replace_file(path, json.dumps(states, sort_keys=True).encode())
         except OSError as err:
             self.write_errors += 1
             _LOGGER.error("mqtt: cannot write %s: %s", path, err.strerror or err)
@@ -134,7 +127,6 @@ class DurableOutbox(Outbox):
         with self._seq_lock:
             self._seq += 1
             path = self.folder / f"{self._seq:012d}{SUFFIX}"
-        tmp = path.with_suffix(".tmp")
         body = json.dumps(
             {
                 "topic": msg.topic,
@@ -145,21 +137,8 @@ class DurableOutbox(Outbox):
             }
         ).encode()
         try:
-            fd = private_fd(tmp)
-            try:
-                write_all(fd, body + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            dir_fd = os.open(self.folder, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            replace_file(path, body + b"\n")
         except OSError as err:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             self.write_errors += 1
             if self.write_errors in (1, 10, 100, 1000) or self.write_errors % 10000 == 0:
                 _LOGGER.error(
