@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn, TypeVar
 
 from . import __version__
@@ -354,7 +355,13 @@ def _demo_file(folder: Path) -> Path:
     return path
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM in replay: stop like Ctrl-C, so the finally blocks flush MQTT and close."""
+    raise KeyboardInterrupt
+
+
 def _replay(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.speed is not None and not SPEEDS[0] <= args.speed <= SPEEDS[1]:
         raise UsageError(
             f"--speed must be a positive number from {SPEEDS[0]:g} to {SPEEDS[1]:g} "

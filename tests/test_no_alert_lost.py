@@ -320,3 +320,24 @@ def test_alerts_not_delivered_at_exit_wait_on_disk_for_the_next_start(
     finally:
         sub.close()
         broker.stop()
+
+
+def test_sigterm_on_a_replay_flushes_like_ctrl_c(cycles: Path, tmp_path: Path, rig: Rig) -> None:
+    """Found by the stranger test: SIGTERM ended a replay at once (143) without the flush."""
+    cfg = rig.config(tmp_path / "t.toml")
+    proc = subprocess.Popen(
+        [BIN, "replay", cycles, "--realtime", "--config", cfg, "--stream", "default"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: len(rig.sub.on("amulet/default/alert")) >= 1, 20, "the first alert")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 130 and "amulet-stream: interrupted" in err, err
+        expected = state_changes([json.loads(line) for line in out.splitlines()])
+        wait_delivered(rig.sub, "default", expected, 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
