@@ -65,11 +65,27 @@ def read_info(path: Path) -> WavInfo:
         raise WavError(f"{path}: permission denied") from err
 
 
+FOREIGN = (
+    (b"fLaC", "FLAC"),
+    (b"OggS", "Ogg"),
+    (b"ID3", "MP3"),
+    (b"\xff\xfb", "MP3"),
+    (b"FORM", "AIFF"),
+)
+"""Magic numbers of audio files people rename to .wav: named in the error, with a hint."""
+
+
 def _parse(path: Path, fh: BinaryIO, size: int) -> WavInfo:
     if size == 0:
         raise WavError(f"{path}: empty file")
     head = fh.read(12)
     if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+        other = next((name for magic, name in FOREIGN if head.startswith(magic)), None)
+        if other is not None:
+            raise WavError(
+                f"{path}: a {other} file, not a wav: convert it first "
+                f"(e.g. sox {path.name} {path.stem}-converted.wav)"
+            )
         raise WavError(f"{path}: not a wav file (no RIFF/WAVE header)")
     fmt: tuple[int, int, int, int] | None = None
     while True:

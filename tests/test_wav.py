@@ -142,3 +142,15 @@ def test_streamed_and_truncated_wavs_are_read_to_their_end(
         info = read_info(cut)
     assert info.frames == 228 and "truncated" in caplog.text and str(cut) in caplog.text
     assert np.array_equal(_read(cut), _read(good)[:228])
+
+
+def test_other_audio_formats_renamed_wav_are_named(tmp_path: Path) -> None:
+    for magic, name in (
+        (b"fLaC\0\0\0\x22", "FLAC"),
+        (b"ID3\x04\0\0", "MP3"),
+        (b"OggS\0\x02", "Ogg"),
+    ):
+        path = tmp_path / f"{name}.wav"
+        path.write_bytes(magic + bytes(64))
+        with pytest.raises(WavError, match=rf"a {name} file, not a wav: convert it first"):
+            read_info(path)
