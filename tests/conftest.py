@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,3 +41,17 @@ def audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fault = Fault("imbalance", 8.0, 14.0, 0.8)
     write_wav(d / "faulty.wav", generate(20.0, 16000, seed=5, fault=fault), 16000)
     return d
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fuzzers' input counts (their `fuzz_*_inputs` properties) at the end of every run."""
+    lines = [
+        f"{report.nodeid}: {value} inputs, 0 failures"
+        for report in terminalreporter.stats.get("passed", [])
+        for name, value in report.user_properties
+        if name.startswith("fuzz_") and name.endswith("_inputs")
+    ]
+    if lines:
+        terminalreporter.section("fuzzers")
+        for line in lines:
+            terminalreporter.write_line(line)
