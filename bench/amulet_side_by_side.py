@@ -280,7 +280,7 @@ def profile(setup: Setup, wav: Path, top: int = 15) -> list[dict[str, Any]]:
     """cProfile of the timed `amulet-stream replay` command: top entries by own time (s)."""
     script, out = setup.work / "replay_main.py", setup.work / "replay.prof"
     script.write_text(
-        "import sys\nfrom amulet_stream.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+        "import sys\nfrom amulet_stream.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
     )
     cmd: list[str | Path] = [PROJECT_BIN / "python", "-m", "cProfile", "-o", out, script]
     subprocess.run(

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from amulet_stream.model import Model, default_model_path
-from amulet_stream.pipeline import StreamPipeline
-from amulet_stream.sources import Block
-from amulet_stream.synth import generate
-from amulet_stream.wav import write_wav
+from amulet_stream.audio.sources import Block
+from amulet_stream.audio.wav import write_wav
+from amulet_stream.scoring.model import Model, default_model_path
+from amulet_stream.scoring.pipeline import StreamPipeline
+from amulet_stream.synth.motor import generate
 
 BIN = Path(sys.executable).parent / "amulet-stream"
 
@@ -83,7 +83,7 @@ def peak_rss(model_path: Path, wav: Path) -> dict[str, float]:
     (ru_maxrss would include the pages of the bench process it was forked from)."""
     code = (
         "import sys\n"
-        "from amulet_stream.cli import main\n"
+        "from amulet_stream.cli.main import main\n"
         "rc = main(sys.argv[1:])\n"
         "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0]\n"
         "print(hwm.split()[1], file=sys.stderr)\n"

@@ -52,8 +52,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from streams import free_port, machine, proc_cpu, status
 
-from amulet_stream.synth import Fault, generate
-from amulet_stream.wav import write_wav
+from amulet_stream.audio.wav import write_wav
+from amulet_stream.synth.motor import Fault, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -68,7 +68,7 @@ FAULTS = (Fault("imbalance", 40.0, 70.0, 0.8), Fault("bearing", 60.0, 90.0, 0.8)
 MAX_CLIPS = 20
 TRACED = """\
 import signal, sys, tracemalloc
-from amulet_stream.cli import main
+from amulet_stream.cli.main import main
 folder, n = sys.argv[1], [0]
 def dump(signum, frame):
     n[0] += 1

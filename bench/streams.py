@@ -56,9 +56,9 @@ from typing import Any
 
 import numpy as np
 
-from amulet_stream.model import default_model_path
-from amulet_stream.synth import generate
-from amulet_stream.wav import write_wav
+from amulet_stream.audio.wav import write_wav
+from amulet_stream.scoring.model import default_model_path
+from amulet_stream.synth.motor import generate
 
 COMMAND = [str(Path(sys.executable).parent / "amulet-stream")]
 """The daemon's command (--bin replaces it, e.g. to measure a changed runtime)."""
@@ -497,10 +497,10 @@ IMPORT_STEPS: list[tuple[str, str]] = [
     ("onnxruntime", "import onnxruntime"),
     ("prometheus_client", "import prometheus_client"),
     ("paho.mqtt.client", "import paho.mqtt.client"),
-    ("amulet_stream.cli (all it imports)", "import amulet_stream.cli"),
+    ("amulet_stream.cli.main (all it imports)", "import amulet_stream.cli.main"),
     (
         "default model loaded (InferenceSession)",
-        "from amulet_stream.model import Model, default_model_path; "
+        "from amulet_stream.scoring.model import Model, default_model_path; "
         "m = Model(default_model_path()); import numpy as np; "
         "m.score_vectors(np.zeros((32, m.profile.dim), np.float32))",
     ),

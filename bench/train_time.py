@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from amulet_stream.synth import generate
-from amulet_stream.wav import write_wav
+from amulet_stream.audio.wav import write_wav
+from amulet_stream.synth.motor import generate
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ _CONSOLE = "amulet-export-console"
 
 
 def _parser() -> argparse.ArgumentParser:
-    from amulet_stream.features import DEFAULT_PROFILE, PROFILES
-    from amulet_stream.synth import BENIGN, FAULTS, KINDS
+    from amulet_stream.scoring.features import DEFAULT_PROFILE, PROFILES
+    from amulet_stream.synth.motor import BENIGN, FAULTS, KINDS
 
     p = argparse.ArgumentParser(prog="amulet-export", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from amulet_stream.features import PROFILES
+    from amulet_stream.scoring.features import PROFILES
 
     from . import outdir
     from .dataset import list_inputs, load
@@ -223,7 +223,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace, argv: list[str] | None) -> int:
     import tempfile
 
-    from amulet_stream.wav import WavError
+    from amulet_stream.audio.wav import WavError
 
     from . import corpus, evaluate, evaluate_report
     from .errors import InputError
@@ -322,8 +322,8 @@ def _import_seed(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     """Generate and write in one-second blocks: memory stays flat however long the audio."""
-    from amulet_stream.synth import F32, Fault, Motor, generate_blocks
-    from amulet_stream.wav import RATES, write_wav_blocks
+    from amulet_stream.audio.wav import RATES, write_wav_blocks
+    from amulet_stream.synth.motor import F32, Fault, Motor, generate_blocks
 
     from .errors import InputError
 

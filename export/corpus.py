@@ -13,9 +13,15 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from amulet_stream.synth import BENIGN, FAULTS, Fault, Motor, generate_blocks, inject
-from amulet_stream.synth_faults import NOT_INJECTABLE
-from amulet_stream.wav import iter_blocks, read_info, select_channel, write_wav, write_wav_blocks
+from amulet_stream.audio.wav import (
+    iter_blocks,
+    read_info,
+    select_channel,
+    write_wav,
+    write_wav_blocks,
+)
+from amulet_stream.synth.faults import NOT_INJECTABLE
+from amulet_stream.synth.motor import BENIGN, FAULTS, Fault, Motor, generate_blocks, inject
 
 F32 = npt.NDArray[np.float32]
 SIZES = ("small", "full")

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from amulet_stream.features import Profile
-from amulet_stream.frames import VectorStream
-from amulet_stream.sources import iter_mono
-from amulet_stream.wav import WavError, WavInfo, read_info
+from amulet_stream.audio.sources import iter_mono
+from amulet_stream.audio.wav import WavError, WavInfo, read_info
+from amulet_stream.scoring.features import Profile
+from amulet_stream.scoring.frames import VectorStream
 
 from .errors import InputError
 

@@ -32,8 +32,8 @@ import tensorflow as tf
 import tf2onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from amulet_stream.features import MFCC_IMAGE_V1, Profile
-from amulet_stream.model import INPUT_NAME, OUTPUT_NAME
+from amulet_stream.scoring.features import MFCC_IMAGE_V1, Profile
+from amulet_stream.scoring.model import INPUT_NAME, OUTPUT_NAME
 
 from . import dataset, onnx_io, threshold
 from .errors import InputError

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from amulet_stream.detector import DetectorSettings, effective_threshold, windows_for
-from amulet_stream.model import Model
-from amulet_stream.pipeline import StreamPipeline, replay
-from amulet_stream.sources import Block, FileSource
-from amulet_stream.wav import read_info
+from amulet_stream.audio.sources import Block, FileSource
+from amulet_stream.audio.wav import read_info
+from amulet_stream.scoring.detector import DetectorSettings, effective_threshold, windows_for
+from amulet_stream.scoring.model import Model
+from amulet_stream.scoring.pipeline import StreamPipeline, replay
 
 if TYPE_CHECKING:
     from .corpus import Corpus
@@ -156,7 +156,7 @@ def alert_windows(
     """Indexes of the windows at which the detector raises an alert: `need` flagged windows
     (or `need_strong` strong ones) among the last `within`, counting only since the last
     return to normal; back to normal after `clear` calm windows in a row. Same rule as
-    amulet_stream.detector.Detector."""
+    amulet_stream.scoring.detector.Detector."""
     cs = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
     cs2 = np.concatenate([[0], np.cumsum(flags if strong is None else strong, dtype=np.int64)])
     big = need if strong is None else need_strong
@@ -241,7 +241,8 @@ def run(
     seed: int = 9000,
 ) -> list[Result]:
     """Train every candidate, score the test recordings and the normal audio."""
-    logging.getLogger("amulet_stream.pipeline").setLevel(logging.WARNING)  # one line per file
+    # one line per file
+    logging.getLogger("amulet_stream.scoring.pipeline").setLevel(logging.WARNING)
     results: list[Result] = []
     models: list[Model] = []
     for name, trainer, note in trainers:

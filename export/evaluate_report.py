@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from amulet_stream.detector import DetectorSettings, effective_threshold
+from amulet_stream.scoring.detector import DetectorSettings, effective_threshold
 
 from .corpus import Corpus, Recording, label_windows
 from .evaluate import Result, auc, detect, roc

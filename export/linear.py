@@ -9,7 +9,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from amulet_stream.model import INPUT_NAME, OUTPUT_NAME
+from amulet_stream.scoring.model import INPUT_NAME, OUTPUT_NAME
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]

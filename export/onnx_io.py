@@ -19,7 +19,7 @@ import tensorflow as tf
 import tf2onnx
 
 from amulet_stream import __version__
-from amulet_stream.model import FORMAT_VERSION, INPUT_NAME, META_KEY, OUTPUT_NAME
+from amulet_stream.scoring.model import FORMAT_VERSION, INPUT_NAME, META_KEY, OUTPUT_NAME
 
 from .errors import InputError, ParityError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from amulet_stream.wav import WavError, read_info
+from amulet_stream.audio.wav import WavError, read_info
 
 from .errors import InputError
 

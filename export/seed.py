@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from amulet_stream.features import AMULET_V1
+from amulet_stream.scoring.features import AMULET_V1
 
 from . import nets, onnx_io
 from .errors import InputError

@@ -17,14 +17,14 @@ import numpy.typing as npt
 import tensorflow as tf
 from numpy.lib.stride_tricks import sliding_window_view
 
-from amulet_stream.features import PROFILES, Profile
-from amulet_stream.integrity import block_levels, level_summary
-from amulet_stream.model import Model
-from amulet_stream.pipeline import StreamPipeline, replay
-from amulet_stream.pipeline import verdict as pipeline_verdict
-from amulet_stream.sources import FileSource
-from amulet_stream.wav import WavError, read_info
-from amulet_stream.windows import WindowMeans
+from amulet_stream.audio.sources import FileSource
+from amulet_stream.audio.wav import WavError, read_info
+from amulet_stream.scoring.features import PROFILES, Profile
+from amulet_stream.scoring.integrity import block_levels, level_summary
+from amulet_stream.scoring.model import Model
+from amulet_stream.scoring.pipeline import StreamPipeline, replay
+from amulet_stream.scoring.pipeline import verdict as pipeline_verdict
+from amulet_stream.scoring.windows import WindowMeans
 
 from . import dataset, linear, nets, onnx_io, outdir, plots, threshold
 from .errors import InputError

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amulet_stream.model import Model, ModelError
+from amulet_stream.scoring.model import Model, ModelError
 
 
 def verify(path: Path) -> tuple[bool, str]:

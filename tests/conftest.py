@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from amulet_stream.synth import Fault, generate
-from amulet_stream.wav import write_wav
+from amulet_stream.audio.wav import write_wav
+from amulet_stream.synth.motor import Fault, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_DIR = ROOT.parent / "shared" / "data" / "amulet-seed"

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amulet_stream.synth import generate
-from amulet_stream.wav import write_wav
+from amulet_stream.audio.wav import write_wav
+from amulet_stream.synth.motor import generate
 
 BIN = Path(sys.executable).parent / "amulet-stream"
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ def test_a_mistake_is_one_line_and_exit_2(
     case: int, folder: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """In-process through main(): every case of CASES."""
-    from amulet_stream.cli import main
+    from amulet_stream.cli.main import main
 
     wav, tmp = folder
     argv = [_fill(a, wav, tmp) for a in CASES[case][0]]
@@ -181,8 +181,8 @@ def test_the_same_checks_and_words_as_the_config_keys(
 ) -> None:
     """A flag and its config key are refused by the same check: the same words follow the
     flag's and the key's name."""
-    from amulet_stream.cli import main
-    from amulet_stream.config import ConfigError, load
+    from amulet_stream.cli.main import main
+    from amulet_stream.service.config import ConfigError, load
 
     wav = tmp_path / "m.wav"
     write_wav(wav, generate(2.0, 16000, seed=1), 16000)
@@ -278,7 +278,7 @@ def test_plot_without_matplotlib_fails_before_the_replay(tmp_path: Path) -> None
 
 
 def test_config_writable_by_others_is_refused(tmp_path: Path) -> None:
-    from amulet_stream.config import ConfigError, load
+    from amulet_stream.service.config import ConfigError, load
 
     wav = tmp_path / "m.wav"
     write_wav(wav, generate(2.0, 16000, seed=6), 16000)

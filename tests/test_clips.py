@@ -16,12 +16,12 @@ import numpy.typing as npt
 import pytest
 
 from amulet_stream import __version__
-from amulet_stream.clips import CLIP_NAME, ClipRecorder, ClipSettings, ClipStore, utc_iso
-from amulet_stream.model import Model
-from amulet_stream.pipeline import StreamPipeline
-from amulet_stream.sources import Block
-from amulet_stream.synth import Fault, generate
-from amulet_stream.wav import iter_blocks, read_info
+from amulet_stream.audio.sources import Block
+from amulet_stream.audio.wav import iter_blocks, read_info
+from amulet_stream.outputs.clips import CLIP_NAME, ClipRecorder, ClipSettings, ClipStore, utc_iso
+from amulet_stream.scoring.model import Model
+from amulet_stream.scoring.pipeline import StreamPipeline
+from amulet_stream.synth.motor import Fault, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "amulet-stream"
@@ -232,7 +232,7 @@ def test_unwritable_folder_costs_clips_not_monitoring(
     blocker = tmp_path / "blocker"
     blocker.write_text("a regular file where the clip folder's parent should be")
     folder = blocker / "clips"
-    caplog.set_level(logging.DEBUG, logger="amulet_stream.clips")
+    caplog.set_level(logging.DEBUG, logger="amulet_stream.outputs.clips")
     store = ClipStore(ClipSettings(folder, 0.5, 0.25))  # no exception
     feeder = Feeder(ClipRecorder(store, "m", RATE, "0" * 64))
     for k in range(2):
@@ -317,7 +317,7 @@ DISK_FULL = """
 import json, resource, signal, sys
 from pathlib import Path
 import numpy as np
-from amulet_stream.clips import ClipRecorder, ClipSettings, ClipStore
+from amulet_stream.outputs.clips import ClipRecorder, ClipSettings, ClipStore
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes beyond the limit fail with EFBIG
 folder, rate = Path(sys.argv[1]), 16000

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amulet_stream.model import BATCH, Model, default_model_path
-from amulet_stream.synth import Fault, generate
-from amulet_stream.wav import read_info, write_wav
+from amulet_stream.audio.wav import read_info, write_wav
+from amulet_stream.scoring.model import BATCH, Model, default_model_path
+from amulet_stream.synth.motor import Fault, generate
 
 from .servers import Mosquitto, Subscriber, have, wait_until
 

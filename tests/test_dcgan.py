@@ -17,13 +17,13 @@ from amulet_export import dcgan
 from amulet_export.errors import InputError
 from amulet_export.onnx_io import ort_scores
 from amulet_export.verify import verify
-from amulet_stream.features import MFCC_IMAGE_V1, PROFILES, dct2_matrix
-from amulet_stream.frames import VectorStream
-from amulet_stream.model import INPUT_NAME, OUTPUT_NAME, Model
-from amulet_stream.pipeline import StreamPipeline
-from amulet_stream.sources import FileSource
-from amulet_stream.synth import generate
-from amulet_stream.wav import read_info, write_wav
+from amulet_stream.audio.sources import FileSource
+from amulet_stream.audio.wav import read_info, write_wav
+from amulet_stream.scoring.features import MFCC_IMAGE_V1, PROFILES, dct2_matrix
+from amulet_stream.scoring.frames import VectorStream
+from amulet_stream.scoring.model import INPUT_NAME, OUTPUT_NAME, Model
+from amulet_stream.scoring.pipeline import StreamPipeline
+from amulet_stream.synth.motor import generate
 
 RATE = 22050
 POSITIONS = [(0, 0), (1, 0), (2, 21), (5, 43), (10, 10), (19, 43)]

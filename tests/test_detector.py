@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from amulet_stream.detector import Detector, DetectorSettings, effective_threshold
+from amulet_stream.scoring.detector import Detector, DetectorSettings, effective_threshold
 
 
 def test_sensitivity_moves_threshold_30_percent_per_step() -> None:

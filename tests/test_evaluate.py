@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from amulet_export.evaluate import Scored, alert_windows, auc, detect
-from amulet_stream.detector import ANOMALY, Detector, DetectorSettings
-from amulet_stream.synth import generate
-from amulet_stream.wav import write_wav
+from amulet_stream.audio.wav import write_wav
+from amulet_stream.scoring.detector import ANOMALY, Detector, DetectorSettings
+from amulet_stream.synth.motor import generate
 
 BIN = Path(sys.executable).parent / "amulet-export"
 

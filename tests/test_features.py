@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amulet_stream.features import (
+from amulet_stream.audio.sources import iter_mono
+from amulet_stream.audio.wav import read_info
+from amulet_stream.scoring.features import (
     AMULET_V1,
     LOGMEL_V1,
     PROFILES,
     ProfileError,
     profile_from_dict,
 )
-from amulet_stream.frames import VectorStream
-from amulet_stream.sources import iter_mono
-from amulet_stream.wav import read_info
-from amulet_stream.windows import WindowMeans
+from amulet_stream.scoring.frames import VectorStream
+from amulet_stream.scoring.windows import WindowMeans
 
 
 def _stream(samples: np.ndarray, profile, block: int) -> np.ndarray:

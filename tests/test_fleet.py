@@ -23,8 +23,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from amulet_stream.synth import Fault, generate
-from amulet_stream.wav import read_info, write_wav
+from amulet_stream.audio.wav import read_info, write_wav
+from amulet_stream.synth.motor import Fault, generate
 
 from .servers import Mosquitto, have, wait_until
 

@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 from hypothesis import strategies as st
 
-from amulet_stream.config import _TYPES, Config, ConfigError, load
-from amulet_stream.synth import generate
-from amulet_stream.wav import MAX_CHANNELS, RATES, write_wav
+from amulet_stream.audio.wav import MAX_CHANNELS, RATES, write_wav
+from amulet_stream.service.config import _TYPES, Config, ConfigError, load
+from amulet_stream.synth.motor import generate
 
 from .fuzzing import fuzz_seconds, run_budget
 

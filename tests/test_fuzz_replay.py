@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from amulet_stream.synth import Fault, generate
+from amulet_stream.synth.motor import Fault, generate
 from tests.fuzzing import fuzz_seconds, run_budget
 from tests.test_fuzz_wav import REGRESSIONS, _chunk, encode, mutated_wav
 
@@ -37,7 +37,7 @@ import contextlib, io, json, os, resource, sys, time, traceback
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 results = os.fdopen(os.dup(1), "w")  # main() may point fd 1 at /dev/null on a broken pipe
-from amulet_stream.cli import main
+from amulet_stream.cli.main import main
 results.write("ready\n")
 results.flush()
 for line in sys.stdin:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from hypothesis import strategies as st
 
-from amulet_stream.model import Model
-from amulet_stream.submit import SubmitLimits
+from amulet_stream.http.submit import SubmitLimits
+from amulet_stream.scoring.model import Model
 
 from .fuzzing import fuzz_seconds, run_budget
 from .test_fuzz_wav import mutated_wav

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import pytest
 from hypothesis import strategies as st
 
-from amulet_stream.wav import MAX_CHANNELS, RATES, WavError, iter_blocks, read_info
+from amulet_stream.audio.wav import MAX_CHANNELS, RATES, WavError, iter_blocks, read_info
 
 from .fuzzing import fuzz_seconds, run_budget
 

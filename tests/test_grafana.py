@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from amulet_stream.metrics import Metrics
-from amulet_stream.synth import Fault, generate
-from amulet_stream.wav import write_wav
+from amulet_stream.audio.wav import write_wav
+from amulet_stream.outputs.metrics import Metrics
+from amulet_stream.synth.motor import Fault, generate
 
 from .servers import Mosquitto, binary, free_port, have, wait_until
 

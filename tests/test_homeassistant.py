@@ -55,7 +55,7 @@ logger:
 
 MONITOR = """
 import json, sys
-from amulet_stream.mqtt import MqttSettings, MqttSink
+from amulet_stream.outputs.mqtt.sink import MqttSettings, MqttSink
 port, client_id = int(sys.argv[1]), sys.argv[2]
 sink = MqttSink(MqttSettings(port=port, client_id=client_id, homeassistant=True,
                              score_interval=0.2))
@@ -313,8 +313,8 @@ def test_daemon_streams_appear_alert_and_are_pruned(
     """The real daemon with two [[stream]]s (a wav with a fault from 3 s, played in real time):
     both anomaly sensors turn on; a clean exit makes them unavailable; a restart without one
     stream removes that stream's entities."""
-    from amulet_stream.synth import Fault, generate
-    from amulet_stream.wav import write_wav
+    from amulet_stream.audio.wav import write_wav
+    from amulet_stream.synth.motor import Fault, generate
 
     wav = tmp_path / "fault.wav"
     write_wav(wav, generate(20.0, 16000, seed=7, fault=Fault("imbalance", 3.0, 20.0, 0.8)), 16000)

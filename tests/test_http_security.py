@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from amulet_stream.httpserver import ListenError, ListenerSecurity, parse_address
-from amulet_stream.model import Model
-from amulet_stream.submit import SubmitLimits
+from amulet_stream.http.server import ListenError, ListenerSecurity, parse_address
+from amulet_stream.http.submit import SubmitLimits
+from amulet_stream.scoring.model import Model
 
 from .test_submit_limits import (
     MODEL,

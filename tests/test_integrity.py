@@ -9,7 +9,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from amulet_stream.integrity import (
+from amulet_stream.audio.sources import FileSource
+from amulet_stream.audio.wav import read_info
+from amulet_stream.scoring.integrity import (
     REASONS,
     Change,
     IntegrityCheck,
@@ -18,9 +20,7 @@ from amulet_stream.integrity import (
     level_range,
     level_summary,
 )
-from amulet_stream.sources import FileSource
-from amulet_stream.synth import generate
-from amulet_stream.wav import read_info
+from amulet_stream.synth.motor import generate
 
 F32 = npt.NDArray[np.float32]
 RATE = 16000

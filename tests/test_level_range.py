@@ -10,12 +10,12 @@ import numpy.typing as npt
 import pytest
 
 from amulet_export.cli import main as export_main
-from amulet_stream.cli import main as stream_main
-from amulet_stream.integrity import IntegrityCheck, level_range
-from amulet_stream.model import Model, default_model_path
-from amulet_stream.sources import FileSource
-from amulet_stream.synth import generate
-from amulet_stream.wav import iter_blocks, read_info, write_wav
+from amulet_stream.audio.sources import FileSource
+from amulet_stream.audio.wav import iter_blocks, read_info, write_wav
+from amulet_stream.cli.main import main as stream_main
+from amulet_stream.scoring.integrity import IntegrityCheck, level_range
+from amulet_stream.scoring.model import Model, default_model_path
+from amulet_stream.synth.motor import generate
 
 F32 = npt.NDArray[np.float32]
 RATE = 48000

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amulet_stream.synth import Fault, generate
-from amulet_stream.wav import write_wav
+from amulet_stream.audio.wav import write_wav
+from amulet_stream.synth.motor import Fault, generate
 
 BIN = Path(sys.executable).parent / "amulet-stream"
 RATE = 16000
@@ -54,8 +54,8 @@ def test_samples_reaching_the_ring_buffer_equal_the_file(alsa_home) -> None:
     home, audio = alsa_home
     script = (
         "import numpy as np, sys\n"
-        "from amulet_stream.devices import resolve\n"
-        "from amulet_stream.sources import DeviceSource\n"
+        "from amulet_stream.audio.devices import resolve\n"
+        "from amulet_stream.audio.sources import DeviceSource\n"
         "dev = resolve('amuletcap')\n"
         f"src = DeviceSource(dev.index, {RATE}, 1, buffer_seconds=60, duration={SECONDS})\n"
         "got = np.concatenate([b.samples for b in src.blocks()])\n"

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from amulet_stream.config import Config
-from amulet_stream.model import Model, default_model_path
-from amulet_stream.mqtt import MqttSettings, MqttSink
-from amulet_stream.pipeline import StreamStats
-from amulet_stream.sinks import Sinks
+from amulet_stream.outputs.mqtt.sink import MqttSettings, MqttSink
+from amulet_stream.scoring.model import Model, default_model_path
+from amulet_stream.scoring.pipeline import StreamStats
+from amulet_stream.service.config import Config
+from amulet_stream.service.sinks import Sinks
 
 from .servers import Mosquitto, Subscriber, have, wait_until
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from amulet_stream.synth import Fault, generate
-from amulet_stream.wav import write_wav
+from amulet_stream.audio.wav import write_wav
+from amulet_stream.synth.motor import Fault, generate
 
 from .servers import Subscriber, binary, free_port, have, wait_until
 

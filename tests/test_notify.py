@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from amulet_stream.notify import Notifier
-from amulet_stream.synth import generate
-from amulet_stream.wav import write_wav
+from amulet_stream.audio.wav import write_wav
+from amulet_stream.service.notify import Notifier
+from amulet_stream.synth.motor import generate
 
 
 class Receiver:
@@ -214,7 +214,7 @@ def test_vanished_socket_does_not_raise_and_warns_once(
     n = Notifier({"NOTIFY_SOCKET": str(path)})
     rx.close()
     path.unlink()
-    with caplog.at_level(logging.WARNING, logger="amulet_stream.notify"):
+    with caplog.at_level(logging.WARNING, logger="amulet_stream.service.notify"):
         _all_messages(n)
         n.watchdog()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amulet_stream.model import Model, default_model_path
-from amulet_stream.pipeline import StreamPipeline
-from amulet_stream.sources import Block
-from amulet_stream.synth import Fault, generate
-from amulet_stream.wav import write_wav
+from amulet_stream.audio.sources import Block
+from amulet_stream.audio.wav import write_wav
+from amulet_stream.scoring.model import Model, default_model_path
+from amulet_stream.scoring.pipeline import StreamPipeline
+from amulet_stream.synth.motor import Fault, generate
 
 BIN = Path(sys.executable).parent / "amulet-stream"
 

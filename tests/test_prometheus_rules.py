@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from amulet_stream.metrics import MQTT_KINDS, Metrics
+from amulet_stream.outputs.metrics import MQTT_KINDS, Metrics
 
 from .servers import binary, have
 

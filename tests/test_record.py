@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amulet_stream.synth import generate
-from amulet_stream.wav import iter_blocks, read_info, select_channel
+from amulet_stream.audio.wav import iter_blocks, read_info, select_channel
+from amulet_stream.synth.motor import generate
 
 BIN = Path(sys.executable).parent / "amulet-stream"
 RATE = 16000

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amulet_stream.synth import Fault, generate
-from amulet_stream.wav import write_wav
+from amulet_stream.audio.wav import write_wav
+from amulet_stream.synth.motor import Fault, generate
 
 BIN = Path(sys.executable).parent / "amulet-stream"
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,7 +201,7 @@ def test_stdin_source_equals_replay(fault_wav: Path, tmp_path: Path) -> None:
 
 
 def test_example_config_in_deploy_is_valid() -> None:
-    from amulet_stream.config import load
+    from amulet_stream.service.config import load
 
     cfg = load(ROOT / "deploy" / "amulet-stream.toml")
     assert [s.id for s in cfg.all_streams()] == ["motor-1", "motor-2"]
@@ -240,7 +240,7 @@ def test_output_into_a_closed_pipe_is_quiet(fault_wav: Path) -> None:
 
 
 def test_a_recording_with_nothing_scorable_is_never_good(tmp_path: Path) -> None:
-    from amulet_stream.wav import FloatWavWriter
+    from amulet_stream.audio.wav import FloatWavWriter
 
     path = tmp_path / "nan.wav"
     with path.open("wb") as fh:
@@ -258,7 +258,7 @@ def test_a_recording_with_nothing_scorable_is_never_good(tmp_path: Path) -> None
 
 
 def test_scattered_infinities_are_an_input_problem_not_good(tmp_path: Path) -> None:
-    from amulet_stream.wav import FloatWavWriter
+    from amulet_stream.audio.wav import FloatWavWriter
 
     x = generate(6.0, 16000, seed=3)
     x[2 * 16000 : 4 * 16000 : 2000] = np.inf  # a broken converter, for 2 s

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from amulet_stream.resample import StreamResampler
+from amulet_stream.audio.resample import StreamResampler
 
 
 @pytest.mark.parametrize(

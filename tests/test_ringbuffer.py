@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from amulet_stream.ringbuffer import RingBuffer
+from amulet_stream.audio.ringbuffer import RingBuffer
 
 
 def test_wraparound_and_overflow_count() -> None:

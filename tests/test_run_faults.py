@@ -27,8 +27,8 @@ import numpy.typing as npt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from amulet_stream.synth import Fault, generate
-from amulet_stream.wav import FloatWavWriter, write_wav
+from amulet_stream.audio.wav import FloatWavWriter, write_wav
+from amulet_stream.synth.motor import Fault, generate
 
 from .servers import Mosquitto, Subscriber, binary, free_port, have, wait_until
 

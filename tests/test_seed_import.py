@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from amulet_export.cli import main
-from amulet_stream.model import Model
-from amulet_stream.pipeline import StreamPipeline
-from amulet_stream.sources import FileSource
-from amulet_stream.wav import read_info
+from amulet_stream.audio.sources import FileSource
+from amulet_stream.audio.wav import read_info
+from amulet_stream.scoring.model import Model
+from amulet_stream.scoring.pipeline import StreamPipeline
 
 BIN = Path(sys.executable).parent
 

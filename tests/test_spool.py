@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from amulet_stream.outbox import Message
-from amulet_stream.spool import DurableOutbox, SpoolError
+from amulet_stream.outputs.mqtt.outbox import Message
+from amulet_stream.outputs.mqtt.spool import DurableOutbox, SpoolError
 
 
 def alert(i: int) -> Message:
@@ -154,8 +154,8 @@ def test_a_real_disk_full_error_keeps_monitoring(tmp_path: Path) -> None:
     code = f"""
 import resource, signal, json
 from pathlib import Path
-from amulet_stream.outbox import Message
-from amulet_stream.spool import DurableOutbox
+from amulet_stream.outputs.mqtt.outbox import Message
+from amulet_stream.outputs.mqtt.spool import DurableOutbox
 box = DurableOutbox(10, 10, Path({str(tmp_path / "o")!r}))
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))

@@ -28,12 +28,12 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from amulet_stream.httpserver import App, BasicAuth, serve
-from amulet_stream.metrics import Metrics
-from amulet_stream.model import Model
-from amulet_stream.submit import SubmitLimits
-from amulet_stream.synth import Fault, generate
-from amulet_stream.wav import write_wav
+from amulet_stream.audio.wav import write_wav
+from amulet_stream.http.server import App, BasicAuth, serve
+from amulet_stream.http.submit import SubmitLimits
+from amulet_stream.outputs.metrics import Metrics
+from amulet_stream.scoring.model import Model
+from amulet_stream.synth.motor import Fault, generate
 
 from .servers import free_port, wait_until
 

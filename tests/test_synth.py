@@ -10,7 +10,15 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from amulet_stream.synth import (
+from amulet_stream.audio.wav import (
+    iter_blocks,
+    read_info,
+    select_channel,
+    write_wav,
+    write_wav_blocks,
+)
+from amulet_stream.synth.faults import NOT_INJECTABLE
+from amulet_stream.synth.motor import (
     BENIGN,
     FAULTS,
     KINDS,
@@ -20,8 +28,6 @@ from amulet_stream.synth import (
     generate_blocks,
     inject,
 )
-from amulet_stream.synth_faults import NOT_INJECTABLE
-from amulet_stream.wav import iter_blocks, read_info, select_channel, write_wav, write_wav_blocks
 from export.corpus import (
     TRAIN_RPM,
     Recording,

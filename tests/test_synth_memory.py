@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from amulet_stream.synth import Fault, generate
-from amulet_stream.wav import write_wav
+from amulet_stream.audio.wav import write_wav
+from amulet_stream.synth.motor import Fault, generate
 
 PEAK = r"""
 import resource, sys

@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from amulet_export.cli import main
-from amulet_stream.model import Model
+from amulet_stream.scoring.model import Model
 
 BIN = Path(sys.executable).parent
 OUTPUTS = {"model.onnx", "train.log", "loss.png", "scores.png", "summary.json"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amulet_stream.wav import (
+from amulet_stream.audio.wav import (
     FloatWavWriter,
     WavError,
     iter_blocks,
@@ -138,7 +138,7 @@ def test_streamed_and_truncated_wavs_are_read_to_their_end(
         assert np.array_equal(_read(path), _read(good))
     cut = tmp_path / "truncated.wav"
     cut.write_bytes(raw[:500])  # 456 data bytes of the 2000 announced
-    with caplog.at_level("WARNING", logger="amulet_stream.wav"):
+    with caplog.at_level("WARNING", logger="amulet_stream.audio.wav"):
         info = read_info(cut)
     assert info.frames == 228 and "truncated" in caplog.text and str(cut) in caplog.text
     assert np.array_equal(_read(cut), _read(good)[:228])

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .detector import DetectorSettings
-from .model import Model
-from .output import amulet_json
-from .pipeline import Record, StreamPipeline, verdict
-from .sources import FileSource
-from .wav import WavError, read_info
+from amulet_stream.audio.sources import FileSource
+from amulet_stream.audio.wav import WavError, read_info
+from amulet_stream.outputs.jsonl import amulet_json
+from amulet_stream.scoring.detector import DetectorSettings
+from amulet_stream.scoring.model import Model
+from amulet_stream.scoring.pipeline import Record, StreamPipeline, verdict
 
 _LOGGER = logging.getLogger(__name__)
 

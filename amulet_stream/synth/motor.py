@@ -13,9 +13,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import butter, lfilter, lfilter_zi
 
-from . import synth_faults
-from .resample import StreamResampler
-from .synth_faults import Run
+from amulet_stream.audio.resample import StreamResampler
+from amulet_stream.synth import faults as synth_faults
+from amulet_stream.synth.faults import Run
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]

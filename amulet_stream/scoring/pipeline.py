@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .detector import Detector, DetectorSettings
-from .frames import VectorStream
-from .integrity import Change, IntegrityCheck
-from .model import Model
-from .resample import StreamResampler
-from .sources import Block, FileSource
-from .windows import WindowMeans
+from amulet_stream.audio.resample import StreamResampler
+from amulet_stream.audio.sources import Block, FileSource
+from amulet_stream.scoring.detector import Detector, DetectorSettings
+from amulet_stream.scoring.frames import VectorStream
+from amulet_stream.scoring.integrity import Change, IntegrityCheck
+from amulet_stream.scoring.model import Model
+from amulet_stream.scoring.windows import WindowMeans
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .clips import ClipSettings
-from .detector import RENAMED, DetectorSettings
-from .integrity import IntegritySettings
-from .mqtt import MqttSettings
-from .wav import MAX_CHANNELS, RATES
+from amulet_stream.audio.wav import MAX_CHANNELS, RATES
+from amulet_stream.outputs.clips import ClipSettings
+from amulet_stream.outputs.mqtt.sink import MqttSettings
+from amulet_stream.scoring.detector import RENAMED, DetectorSettings
+from amulet_stream.scoring.integrity import IntegritySettings
 
 T = TypeVar("T")
 

@@ -22,8 +22,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .outbox import KINDS, Message, Outbox
-from .private import make_private_dirs, read_small, replace_file
+from amulet_stream.files import make_private_dirs, read_small, replace_file
+from amulet_stream.outputs.mqtt.outbox import KINDS, Message, Outbox
 
 _LOGGER = logging.getLogger(__name__)
 DURABLE_KINDS = ("alert", "state")

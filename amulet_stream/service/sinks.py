@@ -10,14 +10,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from .config import Config
-from .httpserver import App, ListenError, ListenerSecurity, parse_address, serve
-from .metrics import Metrics
-from .model import Model
-from .mqtt import MqttSink
-from .output import JsonLines
-from .pipeline import Record, StreamStats
-from .submit import SubmitLimits
+from amulet_stream.http.server import App, ListenError, ListenerSecurity, parse_address, serve
+from amulet_stream.http.submit import SubmitLimits
+from amulet_stream.outputs.jsonl import JsonLines
+from amulet_stream.outputs.metrics import Metrics
+from amulet_stream.outputs.mqtt.sink import MqttSink
+from amulet_stream.scoring.model import Model
+from amulet_stream.scoring.pipeline import Record, StreamStats
+from amulet_stream.service.config import Config
 
 _LOGGER = logging.getLogger(__name__)
 RELISTEN = 10.0

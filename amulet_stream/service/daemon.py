@@ -30,18 +30,18 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .clips import ClipRecorder, ClipStore
-from .config import Config, ConfigError, StreamConfig
-from .detector import effective_threshold
-from .devices import DeviceError, resolve
-from .feeds import EOF, Feed, Opened, Stream, feed_key, source_name
-from .integrity import IntegrityCheck, level_range
-from .model import Model, ModelError, default_model_path
-from .notify import Notifier
-from .output import JsonLines
-from .pipeline import F32, Record, StreamPipeline, utc_iso
-from .sinks import Sinks
-from .wav import WavError, read_info
+from amulet_stream.audio.devices import DeviceError, resolve
+from amulet_stream.audio.wav import WavError, read_info
+from amulet_stream.outputs.clips import ClipRecorder, ClipStore
+from amulet_stream.outputs.jsonl import JsonLines
+from amulet_stream.scoring.detector import effective_threshold
+from amulet_stream.scoring.integrity import IntegrityCheck, level_range
+from amulet_stream.scoring.model import Model, ModelError, default_model_path
+from amulet_stream.scoring.pipeline import F32, Record, StreamPipeline, utc_iso
+from amulet_stream.service.config import Config, ConfigError, StreamConfig
+from amulet_stream.service.feeds import EOF, Feed, Opened, Stream, feed_key, source_name
+from amulet_stream.service.notify import Notifier
+from amulet_stream.service.sinks import Sinks
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -18,9 +18,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from .features import MFCC_IMAGE, Profile, ProfileError, profile_from_dict
-from .integrity import level_range
-from .wav import RATES
+from amulet_stream.audio.wav import RATES
+from amulet_stream.scoring.features import MFCC_IMAGE, Profile, ProfileError, profile_from_dict
+from amulet_stream.scoring.integrity import level_range
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -55,14 +55,14 @@ _INT_PARAMS = ("rate", "window", "hop", "offset", "n_fft", "frame_hop", "n_mels"
 
 def default_model_path() -> Path:
     """The shipped default model: models/default.onnx of the source tree or the install."""
-    here = Path(__file__).resolve().parent
+    tree = Path(__file__).resolve().parents[2]  # amulet_stream/scoring/model.py -> the tree
     for candidate in (
-        here.parent / "models" / "default.onnx",
+        tree / "models" / "default.onnx",
         Path(sys.prefix) / "share" / "amulet-stream" / "models" / "default.onnx",
     ):
         if candidate.is_file():
             return candidate
-    return here.parent / "models" / "default.onnx"
+    return tree / "models" / "default.onnx"
 
 
 class ModelError(ValueError):

@@ -10,13 +10,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .clips import ClipRecorder
-from .config import SourceConfig, StreamConfig
-from .devices import DeviceError, resolve
-from .model import Model
-from .pipeline import F32, StreamPipeline
-from .sources import LIVE_BLOCK_SECONDS, Block, DeviceSource, FileSource, StdinSource
-from .wav import WavError, read_info, select_channel
+from amulet_stream.audio.devices import DeviceError, resolve
+from amulet_stream.audio.sources import (
+    LIVE_BLOCK_SECONDS,
+    Block,
+    DeviceSource,
+    FileSource,
+    StdinSource,
+)
+from amulet_stream.audio.wav import WavError, read_info, select_channel
+from amulet_stream.outputs.clips import ClipRecorder
+from amulet_stream.scoring.model import Model
+from amulet_stream.scoring.pipeline import F32, StreamPipeline
+from amulet_stream.service.config import SourceConfig, StreamConfig
 
 _LOGGER = logging.getLogger(__name__)
 

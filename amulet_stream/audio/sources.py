@@ -14,9 +14,9 @@ from typing import Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from .resample import StreamResampler
-from .ringbuffer import RingBuffer
-from .wav import WavInfo, iter_blocks, select_channel
+from amulet_stream.audio.resample import StreamResampler
+from amulet_stream.audio.ringbuffer import RingBuffer
+from amulet_stream.audio.wav import WavInfo, iter_blocks, select_channel
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -32,10 +32,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from . import __version__
-from .homeassistant import STREAM_ID, Announced, Discovery, StreamTopics, node_id
-from .outbox import Message, Outbox
-from .spool import DurableOutbox, SpoolError
+from amulet_stream import __version__
+from amulet_stream.outputs.mqtt.homeassistant import (
+    STREAM_ID,
+    Announced,
+    Discovery,
+    StreamTopics,
+    node_id,
+)
+from amulet_stream.outputs.mqtt.outbox import Message, Outbox
+from amulet_stream.outputs.mqtt.spool import DurableOutbox, SpoolError
 
 _LOGGER = logging.getLogger(__name__)
 SILENT_SECONDS = 10.0
@@ -658,6 +664,6 @@ def _reason(err: BaseException | None) -> str:
 
 
 def _utc_now() -> str:
-    from .pipeline import utc_iso
+    from amulet_stream.scoring.pipeline import utc_iso
 
     return utc_iso()

@@ -17,8 +17,8 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from . import __version__
-from .integrity import REASONS
+from amulet_stream import __version__
+from amulet_stream.scoring.integrity import REASONS
 
 SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5, 2.0, 5.0)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

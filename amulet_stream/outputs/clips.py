@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import __version__
-from .private import make_private_dirs, private_fd
-from .wav import FloatWavWriter, WavError
+from amulet_stream import __version__
+from amulet_stream.audio.wav import FloatWavWriter, WavError
+from amulet_stream.files import make_private_dirs, private_fd
 
 _LOGGER = logging.getLogger(__name__)
 

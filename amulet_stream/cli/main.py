@@ -22,20 +22,27 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TypeVar
 
-from . import __version__
-from .config import Config, ConfigError, ModelConfig, SourceConfig, StreamConfig, load
-from .daemon import Daemon, DaemonError, state_dir
-from .detector import RENAMED, effective_threshold
-from .devices import DeviceError, list_inputs
-from .httpserver import DEFAULT_PORT, ListenError
-from .integrity import IntegrityCheck, level_range
-from .model import Model, ModelError, default_model_path
-from .mqtt import MqttConfigError, MqttSettings
-from .output import JsonLines, Progress, amulet_json
-from .pipeline import Record, StreamPipeline
-from .sinks import Sinks
-from .sources import FileSource
-from .wav import WavError, read_info
+from amulet_stream import __version__
+from amulet_stream.audio.devices import DeviceError, list_inputs
+from amulet_stream.audio.sources import FileSource
+from amulet_stream.audio.wav import WavError, read_info
+from amulet_stream.http.server import DEFAULT_PORT, ListenError
+from amulet_stream.outputs.jsonl import JsonLines, Progress, amulet_json
+from amulet_stream.outputs.mqtt.sink import MqttConfigError, MqttSettings
+from amulet_stream.scoring.detector import RENAMED, effective_threshold
+from amulet_stream.scoring.integrity import IntegrityCheck, level_range
+from amulet_stream.scoring.model import Model, ModelError, default_model_path
+from amulet_stream.scoring.pipeline import Record, StreamPipeline
+from amulet_stream.service.config import (
+    Config,
+    ConfigError,
+    ModelConfig,
+    SourceConfig,
+    StreamConfig,
+    load,
+)
+from amulet_stream.service.daemon import Daemon, DaemonError, state_dir
+from amulet_stream.service.sinks import Sinks
 
 _LOGGER = logging.getLogger("amulet_stream")
 EXIT_OK, EXIT_ANOMALY, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -331,7 +338,7 @@ def _hop(cfg: Config, model: Model) -> int | None:
 def _check_plot(path: Path) -> None:
     """Refuse a --plot target that cannot be written, or missing matplotlib, before the
     replay runs."""
-    from .plot import PlotError, check_available, check_target
+    from amulet_stream.outputs.plot import PlotError, check_available, check_target
 
     try:
         check_target(path)
@@ -341,8 +348,8 @@ def _check_plot(path: Path) -> None:
 
 
 def _demo_file(folder: Path) -> Path:
-    from .synth import Fault, generate
-    from .wav import write_wav
+    from amulet_stream.audio.wav import write_wav
+    from amulet_stream.synth.motor import Fault, generate
 
     path = folder / "demo-bearing-fault.wav"
     fault = Fault("bearing", *DEMO_FAULT, severity=0.6)
@@ -417,7 +424,7 @@ def _replay_files(args: argparse.Namespace, cfg: Config, files: list[Path]) -> i
     finally:
         sinks.close()
     if args.plot and plotted:
-        from .plot import PlotError, plot_scores
+        from amulet_stream.outputs.plot import PlotError, plot_scores
 
         try:
             plot_scores(plotted, threshold, args.plot)
@@ -494,7 +501,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from .record import RecordError, RecordSettings, check_settings, record
+    from amulet_stream.cli.record import RecordError, RecordSettings, check_settings, record
 
     if args.seconds is None:
         raise UsageError("record needs --seconds N: how many seconds to record")

@@ -22,10 +22,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .devices import resolve
-from .output import Progress
-from .sources import F32, DeviceSource, StdinSource
-from .wav import MAX_DATA_BYTES, FloatWavWriter
+from amulet_stream.audio.devices import resolve
+from amulet_stream.audio.sources import F32, DeviceSource, StdinSource
+from amulet_stream.audio.wav import MAX_DATA_BYTES, FloatWavWriter
+from amulet_stream.outputs.jsonl import Progress
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from scipy.signal import butter, sosfilt, welch
 
 if TYPE_CHECKING:
-    from .synth import Fault, Motor
+    from amulet_stream.synth.motor import Fault, Motor
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]

@@ -7,7 +7,7 @@ from functools import cached_property
 import numpy as np
 import numpy.typing as npt
 
-from .features import Profile
+from amulet_stream.scoring.features import Profile
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]

@@ -16,12 +16,9 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .detector import DetectorSettings
-from .httpconn import IDLE_SECONDS, MAX_CONNECTIONS, RETRY_AFTER, Server
-from .httpsecurity import BasicAuth, ListenError, ListenerSecurity
-from .metrics import Metrics
-from .model import Model
-from .submit import (
+from amulet_stream.http.conn import IDLE_SECONDS, MAX_CONNECTIONS, RETRY_AFTER, Server
+from amulet_stream.http.security import BasicAuth, ListenError, ListenerSecurity
+from amulet_stream.http.submit import (
     RAW_TYPES,
     SUBMIT_LIMIT,
     Body,
@@ -33,6 +30,9 @@ from .submit import (
     score_upload,
     upload_file,
 )
+from amulet_stream.outputs.metrics import Metrics
+from amulet_stream.scoring.detector import DetectorSettings
+from amulet_stream.scoring.model import Model
 
 _LOGGER = logging.getLogger(__name__)
 

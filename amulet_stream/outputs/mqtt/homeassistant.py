@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .private import make_private_dirs, read_small, replace_file
+from amulet_stream.files import make_private_dirs, read_small, replace_file
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Samples in: wav files, sound cards, stdin, the ring buffer and resampling to the model's rate."""

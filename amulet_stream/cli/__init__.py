@@ -1,0 +1,1 @@
+"""The amulet-stream command line: argument parsing and one module per command."""

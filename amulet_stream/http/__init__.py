@@ -1,0 +1,1 @@
+"""The HTTP listener: /metrics, /healthz, /readyz and /submit, with TLS and basic auth."""

@@ -1,0 +1,1 @@
+"""States out: JSON lines and progress, Prometheus metrics, evidence clips, plots, MQTT."""

@@ -1,0 +1,1 @@
+"""The MQTT sink: the connection, the outbox (memory and durable), Home Assistant discovery."""

@@ -1,0 +1,1 @@
+"""Samples -> states: frames, features, the ONNX model, window scores, input checks, detector."""

@@ -1,0 +1,1 @@
+"""The process that wires the stages: config, daemon, feeds, sinks, systemd notification."""
