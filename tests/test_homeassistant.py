@@ -55,7 +55,8 @@ logger:
 
 MONITOR = """
 import json, sys
-from amulet_stream.outputs.mqtt.sink import MqttSettings, MqttSink
+from amulet_stream.outputs.mqtt.settings import MqttSettings
+from amulet_stream.outputs.mqtt.sink import MqttSink
 port, client_id = int(sys.argv[1]), sys.argv[2]
 sink = MqttSink(MqttSettings(port=port, client_id=client_id, homeassistant=True,
                              score_interval=0.2))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from amulet_stream.outputs.mqtt.sink import MqttSettings, MqttSink
+from amulet_stream.outputs.mqtt.settings import MqttSettings
+from amulet_stream.outputs.mqtt.sink import MqttSink
 from amulet_stream.scoring.model import Model, default_model_path
 from amulet_stream.scoring.pipeline import StreamStats
 from amulet_stream.service.config import Config
@@ -35,7 +36,7 @@ def test_acknowledgements_do_not_pile_up_with_score_messages(tmp_path: Path) -> 
                 wait_until(lambda: sink.queued() == 0, 30, "the outbox drained")
         wait_until(lambda: len(sub.on("amulet/m1/score")) == n, 60, f"{n} scores")
         assert sink.queued() == 0
-        assert len(sink._acks) == 0  # 3000 before: one entry per message, never removed
+        assert len(sink._link.acks) == 0  # 3000 before: one entry per message, never removed
     finally:
         sink.close(2.0)
         sub.close()

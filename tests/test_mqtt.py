@@ -21,7 +21,8 @@ import pytest
 from amulet_stream.audio.wav import write_wav
 from amulet_stream.outputs.mqtt.homeassistant import StreamTopics, discovery_configs
 from amulet_stream.outputs.mqtt.outbox import Message, Outbox
-from amulet_stream.outputs.mqtt.sink import MqttConfigError, MqttSettings, MqttSink
+from amulet_stream.outputs.mqtt.settings import MqttConfigError, MqttSettings
+from amulet_stream.outputs.mqtt.sink import MqttSink
 from amulet_stream.synth.motor import Fault, generate
 
 from .servers import Mosquitto, Subscriber, binary, free_port, have, wait_until
@@ -550,7 +551,7 @@ def test_two_monitors_with_one_client_id_are_told_so(
 ) -> None:
     """Found by the stranger test: they take the session from each other forever, and only
     'disconnected' lines said anything."""
-    caplog.set_level(logging.WARNING, logger="amulet_stream.outputs.mqtt.sink")
+    caplog.set_level(logging.WARNING, logger="amulet_stream.outputs.mqtt")
     one = MqttSink(MqttSettings(port=broker.port, client_id="twin"))
     two = MqttSink(MqttSettings(port=broker.port, client_id="twin"))
     one.start()

@@ -17,7 +17,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from amulet_stream.outputs.mqtt.sink import MqttSettings, MqttSink
+from amulet_stream.outputs.mqtt.settings import MqttSettings
+from amulet_stream.outputs.mqtt.sink import MqttSink
 
 from .servers import Mosquitto, Subscriber, have, wait_until
 from .test_mqtt import _score as score
@@ -92,7 +93,8 @@ def test_two_processes_keep_separate_availability(broker: Mosquitto) -> None:
 
 CHILD = """
 import sys, time
-from amulet_stream.outputs.mqtt.sink import MqttSettings, MqttSink
+from amulet_stream.outputs.mqtt.settings import MqttSettings
+from amulet_stream.outputs.mqtt.sink import MqttSink
 sink = MqttSink(MqttSettings(port=int(sys.argv[1]), client_id="victim", homeassistant=True))
 sink.start()
 sink.add_stream("victim-pump", 0.4, "cd" * 32)
@@ -134,7 +136,7 @@ def test_killed_process_marks_only_its_own_streams_unavailable(broker: Mosquitto
 def test_connection_failure_logged_once_per_outage_with_reason(
     where: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="amulet_stream.outputs.mqtt.sink")
+    caplog.set_level(logging.INFO, logger="amulet_stream.outputs.mqtt")
     later = Mosquitto(tmp_path)  # its port is closed until later.start()
     host = "127.0.0.1" if where == "closed-port" else where
     reason = "connection refused" if where == "closed-port" else "unknown host"
@@ -258,10 +260,10 @@ def test_a_broker_that_never_answers_is_reported_once(
 ) -> None:
     import socket
 
-    import amulet_stream.outputs.mqtt.sink as mqtt_module
+    import amulet_stream.outputs.mqtt.outage as mqtt_module
 
     monkeypatch.setattr(mqtt_module, "SILENT_SECONDS", 1.0)  # 10 s in service
-    caplog.set_level(logging.INFO, logger="amulet_stream.outputs.mqtt.sink")
+    caplog.set_level(logging.INFO, logger="amulet_stream.outputs.mqtt")
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(4)  # accepts TCP connections (the kernel does) and never answers MQTT

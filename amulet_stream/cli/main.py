@@ -28,7 +28,7 @@ from amulet_stream.audio.sources import FileSource
 from amulet_stream.audio.wav import WavError, read_info
 from amulet_stream.http.server import DEFAULT_PORT, ListenError
 from amulet_stream.outputs.jsonl import JsonLines, Progress, amulet_json
-from amulet_stream.outputs.mqtt.sink import MqttConfigError, MqttSettings
+from amulet_stream.outputs.mqtt.settings import MqttConfigError, MqttSettings
 from amulet_stream.scoring.detector import RENAMED, effective_threshold
 from amulet_stream.scoring.integrity import IntegrityCheck, level_range
 from amulet_stream.scoring.model import Model, ModelError, default_model_path

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from amulet_stream.audio.wav import MAX_CHANNELS, RATES
 from amulet_stream.outputs.clips import ClipSettings
-from amulet_stream.outputs.mqtt.sink import MqttSettings
+from amulet_stream.outputs.mqtt.settings import MqttSettings
 from amulet_stream.scoring.detector import RENAMED, DetectorSettings
 from amulet_stream.scoring.integrity import IntegritySettings
 

@@ -193,7 +193,8 @@ class Sinks:
             failures = self.mqtt.connect_failures
             m.mqtt_connect_failures.inc(failures - self._mqtt_failures)
             self._mqtt_failures = failures
-            now = {"write": self.mqtt.outbox_write_errors, "corrupt": self.mqtt.outbox_corrupt}
+            box = self.mqtt.outbox
+            now = {"write": box.write_errors, "corrupt": box.corrupt}
             for problem, n in now.items():
                 m.mqtt_outbox_errors.labels(problem).inc(n - self._outbox_errors[problem])
                 self._outbox_errors[problem] = n

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 KINDS = ("alert", "state", "score", "other")
 
@@ -35,6 +36,13 @@ class Outbox:
     """Bounded priority outbox. Thread-safe: any thread may put; one sender peeks, then calls
     done or drop. The message last returned by peek is in flight and never evicted."""
 
+    folder: Path | None = None
+    """Where undelivered alerts and states are kept; None: memory only."""
+    corrupt = 0
+    """Malformed outbox files skipped on start."""
+    write_errors = 0
+    """Alerts and states that could not be written to the outbox folder."""
+
     def __init__(self, limit: int, score_limit: int) -> None:
         if limit < 1 or score_limit < 1:
             raise ValueError(f"outbox limits must be at least 1, not {limit}, {score_limit}")
@@ -45,6 +53,9 @@ class Outbox:
         self._inflight: Message | None = None
         self._lock = threading.Lock()
         self._dropped = dict.fromkeys(KINDS, 0)
+
+    def close(self) -> None:
+        """Release what the outbox holds (memory: nothing)."""
 
     def put(self, msg: Message) -> Message | None:
         """Queue a message; returns the message dropped to make room, if any."""

@@ -42,7 +42,7 @@ class DurableOutbox(Outbox):
 
     def __init__(self, limit: int, score_limit: int, folder: Path) -> None:
         super().__init__(limit, score_limit)
-        self.folder = folder
+        self.folder: Path = folder
         self.corrupt = 0
         """Files found unreadable or malformed on start (deleted)."""
         self.write_errors = 0
@@ -219,3 +219,15 @@ class DurableOutbox(Outbox):
         except OSError as err:
             fate = f"cannot delete it: {err.strerror or err}"
         _LOGGER.error("mqtt: skipping malformed outbox file %s (%s): %s", path, why, fate)
+
+
+def open_outbox(limit: int, state_dir: Path | None, client_id: str) -> Outbox:
+    """The durable outbox in <state_dir>/outbox/<client_id>; without a state directory, one
+    in memory (with a warning: what is not delivered is lost at exit). SpoolError."""
+    if state_dir is None:
+        _LOGGER.warning(
+            "mqtt: no state directory ([daemon] state_dir, --state-dir or systemd's "
+            "StateDirectory=): alerts not yet delivered are lost if the process ends"
+        )
+        return Outbox(limit, limit)
+    return DurableOutbox(limit, limit, state_dir / "outbox" / client_id)

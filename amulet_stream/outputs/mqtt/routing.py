@@ -1,0 +1,53 @@
+"""Records -> MQTT payloads: which events are published, the fields every payload carries,
+and Home Assistant's score interval (the highest window of each interval)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from amulet_stream import __version__
+from amulet_stream.scoring.pipeline import utc_iso
+
+STATES = ("normal", "anomaly", "input_problem", "down")
+"""Events published as the stream's retained state and as an alert."""
+
+
+@dataclass
+class StreamInfo:
+    """What the sink keeps of one stream."""
+
+    model_sha256: str
+    last_score_sent: float = float("-inf")
+    """time.monotonic() of the last score message (score_interval mode)."""
+    pending_score: dict[str, Any] | None = None
+    """The highest-scoring window not yet sent (score_interval mode)."""
+
+    def payload(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record with the fields every payload carries: time, model_sha256, version."""
+        return with_defaults(record, self.model_sha256)
+
+    def offer(self, body: dict[str, Any], interval: float, now: float) -> dict[str, Any] | None:
+        """Keep the highest score of the interval; the one to send when `interval` seconds
+        have passed since the last (now: time.monotonic()), else None."""
+        pending = self.pending_score
+        if pending is None or body["score"] > pending["score"]:
+            self.pending_score = body
+        if now - self.last_score_sent < interval:
+            return None
+        send, self.pending_score, self.last_score_sent = self.pending_score, None, now
+        return send
+
+    def take_pending(self) -> dict[str, Any] | None:
+        """The score not yet sent (at a stream's removal and at exit), once."""
+        send, self.pending_score = self.pending_score, None
+        return send
+
+
+def with_defaults(record: dict[str, Any], model_sha256: str | None) -> dict[str, Any]:
+    """A copy of `record` with time (now, UTC), model_sha256 and version where missing."""
+    body = dict(record)
+    body.setdefault("time", utc_iso())
+    body.setdefault("model_sha256", model_sha256)
+    body.setdefault("version", __version__)
+    return body
