@@ -30,7 +30,7 @@ from .test_run_faults import BIN, DaemonRun, scrape
 RATE = 16000
 DEBUG_MAIN = """
 import logging, sys
-from amulet_stream import cli
+from amulet_stream.cli import main as cli
 _basic = logging.basicConfig
 def _debug(**kw):
     _basic(**{**kw, "level": logging.DEBUG})

@@ -6,187 +6,33 @@ mono samples of its blocks, so a model is trained on what the monitor will hear.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
-import math
 import os
 import shutil
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
 
-import numpy as np
-
-from amulet_stream.audio.devices import resolve
-from amulet_stream.audio.sources import F32, DeviceSource, StdinSource
+from amulet_stream.audio.sources import DeviceSource
 from amulet_stream.audio.wav import MAX_DATA_BYTES, FloatWavWriter
-from amulet_stream.outputs.jsonl import Progress
+from amulet_stream.cli.options import EXIT_OK, UsageError, check_buffer, flagged
+from amulet_stream.cli.record_settings import (
+    RecordError,
+    RecordSettings,
+    check_output,
+    check_settings,
+    open_source,
+)
+from amulet_stream.cli.record_summary import Levels, Source, report, summary
+from amulet_stream.outputs.jsonl import JsonLines, Progress
+from amulet_stream.service.config import SourceConfig
 
 _LOGGER = logging.getLogger(__name__)
-
-SILENCE_PEAK_DBFS = -60.0
-"""A recording whose peak stays below this level (dBFS) is reported as silent."""
-SILENCE_RMS_DBFS = -70.0
-"""A recording whose RMS level is below this (dBFS) is reported as silent."""
-CLIP_LEVEL = 32767 / 32768
-"""Samples at or beyond this magnitude (full scale, within one 16-bit step) count as clipped."""
-MIN_BUFFER_SECONDS = 0.5
-"""Smallest ring buffer (s): two of the 0.25 s blocks the processing loop takes."""
-
-Source = DeviceSource | StdinSource
-
-
-class RecordError(Exception):
-    """A recording that cannot start or that failed; nothing was left behind."""
-
-
-@dataclass(frozen=True)
-class RecordSettings:
-    """What to record and where, as given on the command line."""
-
-    output: Path
-    seconds: float
-    """Length to record, seconds of audio."""
-    source: str = "device"
-    """'device' (PortAudio) or 'stdin' (raw S16_LE PCM)."""
-    device: str | None = None
-    """Device name, part of it, or index; None: the default input."""
-    rate: int | None = None
-    """Capture rate (Hz); None: the device's default rate (required for stdin)."""
-    channels: int | None = None
-    """Channels to open; None: 1, or enough to reach `channel`."""
-    channel: int | None = None
-    """0-based channel to keep; None: down-mix of all opened channels."""
-    buffer: float = 10.0
-    """Ring buffer between sound card and writer, seconds."""
-    force: bool = False
-    """Overwrite an existing output file."""
-
-
-def check_settings(s: RecordSettings) -> None:
-    """Refuse impossible numbers before anything is opened (RecordError)."""
-    if not (math.isfinite(s.seconds) and s.seconds > 0):
-        raise RecordError(f"--seconds must be a positive number of seconds, not {s.seconds:g}")
-    if s.source not in ("device", "stdin"):
-        raise RecordError(f"--source must be 'device' or 'stdin', not {s.source!r}")
-    if s.rate is not None and s.rate <= 0:
-        raise RecordError(f"--rate must be a positive number of Hz, not {s.rate}")
-    if s.channels is not None and s.channels <= 0:
-        raise RecordError(f"--channels must be at least 1, not {s.channels}")
-    if s.channel is not None and s.channel < 0:
-        raise RecordError(f"--channel is 0-based and cannot be negative ({s.channel})")
-    if s.channel is not None and s.channels is not None and s.channel >= s.channels:
-        raise RecordError(
-            f"--channel {s.channel} does not exist: --channels {s.channels} opens "
-            f"channels 0..{s.channels - 1}"
-        )
-    if not (math.isfinite(s.buffer) and s.buffer >= MIN_BUFFER_SECONDS):
-        raise RecordError(f"--buffer must be at least {MIN_BUFFER_SECONDS} s, not {s.buffer:g}")
-    if s.device is not None and not s.device.strip():
-        raise RecordError("--device is empty: give a name, part of one, or an index (see devices)")
-    if s.source == "stdin" and s.device is not None:
-        raise RecordError("--device and --source stdin exclude each other")
-
-
-def check_output(path: Path, force: bool) -> None:
-    """Refuse an output path that cannot take the recording (RecordError)."""
-    try:
-        _check_output(path, force)
-    except OSError as err:  # e.g. a folder on the way that may not be searched
-        raise RecordError(f"-o {path}: {err.strerror}") from err
-
-
-def _check_output(path: Path, force: bool) -> None:
-    """check_output without the OSError translation."""
-    parent = path.parent
-    if path.is_dir():
-        raise RecordError(f"-o {path} is a folder: give a file name, e.g. {path / 'healthy.wav'}")
-    if not parent.exists():
-        raise RecordError(f"-o {path}: folder {parent} does not exist")
-    if not parent.is_dir():
-        raise RecordError(f"-o {path}: {parent} is not a folder")
-    if path.exists() or path.is_symlink():
-        if not force:
-            raise RecordError(f"{path} already exists: give --force to overwrite it, or another -o")
-        if not path.is_file():
-            raise RecordError(f"-o {path} exists and is not a regular file: refusing to replace it")
-
-
-def open_source(s: RecordSettings) -> tuple[Source, str]:
-    """The monitor's source for these settings, and its label ('device 3: USB mic', 'stdin')."""
-    if s.source == "stdin":
-        if s.rate is None:
-            raise RecordError("--source stdin needs --rate (raw PCM has no header)")
-        channels = s.channels or 1
-        if s.channel is not None and s.channel >= channels:
-            raise RecordError(
-                f"--channel {s.channel} does not exist: stdin carries {channels} channel(s) "
-                "(set --channels)"
-            )
-        if sys.stdin.isatty():
-            raise RecordError(
-                "--source stdin reads raw PCM from a pipe, but stdin is a terminal: "
-                "arecord -f S16_LE -r RATE -c 1 | amulet-stream record --source stdin ..."
-            )
-        return StdinSource(s.rate, channels, s.channel), "stdin"
-    dev = resolve(s.device)
-    channels = s.channels or (s.channel + 1 if s.channel is not None else 1)
-    if channels > dev.channels:
-        what = f"channel {s.channel}" if s.channels is None else f"{channels} channels"
-        raise RecordError(
-            f"device {dev.name!r} has {dev.channels} input channel(s) "
-            f"(0..{dev.channels - 1}), {what} requested"
-        )
-    source = DeviceSource(
-        dev.index,
-        s.rate or dev.default_rate,
-        channels,
-        s.channel,
-        buffer_seconds=s.buffer,
-        duration=s.seconds,
-    )
-    return source, f"device {dev.index}: {dev.name}"
-
-
-def dbfs(level: float) -> float | None:
-    """Amplitude (full scale 1.0) in dBFS rounded to 0.01 dB; None for digital silence."""
-    return round(20.0 * math.log10(level), 2) + 0.0 if level > 0 else None  # + 0.0: no -0.0
-
-
-class Levels:
-    """Running peak, RMS and clip count of float32 mono samples (full scale 1.0)."""
-
-    def __init__(self) -> None:
-        self.frames = 0
-        self.peak = 0.0
-        self.clipped = 0
-        self.nonfinite = 0
-        self._sum_squares = 0.0
-
-    def add(self, samples: F32) -> None:
-        """Account for one block of float32 (frames,) samples."""
-        finite = np.isfinite(samples)
-        if not finite.all():
-            self.nonfinite += int(samples.size - np.count_nonzero(finite))
-            samples = samples[finite]
-        self.frames += samples.size
-        if samples.size:
-            mag = np.abs(samples)
-            self.peak = max(self.peak, float(mag.max()))
-            self.clipped += int(np.count_nonzero(mag >= CLIP_LEVEL))
-            wide = samples.astype(np.float64)
-            self._sum_squares += float(np.dot(wide, wide))
-
-    @property
-    def rms(self) -> float:
-        """Root mean square of the finite samples (full scale 1.0)."""
-        return math.sqrt(self._sum_squares / self.frames) if self.frames else 0.0
-
 
 class _Stop:
     """SIGINT/SIGTERM handler: ends the capture early, keeping what was recorded."""
@@ -297,9 +143,9 @@ def _record(s: RecordSettings, stop: _Stop) -> dict[str, Any]:
         tmp.unlink(missing_ok=True)
         raise
     stopped = stop.reason or (None if got >= frames else "end of input")
-    summary = _summary(s, source, label, got, levels, stopped)
-    _report(summary, levels)
-    return summary
+    result = summary(s.output, s.seconds, source, label, got, levels, stopped)
+    report(result, levels)
+    return result
 
 
 def _announce(s: RecordSettings, source: Source, label: str, size: int) -> None:
@@ -347,83 +193,36 @@ def _capture(
             close()  # a generator: closes the PortAudio stream now, not at garbage collection
 
 
-def _summary(
-    s: RecordSettings, source: Source, label: str, frames: int, levels: Levels, stopped: str | None
-) -> dict[str, Any]:
-    """The 'recorded' JSON record (levels in dBFS, null for digital silence)."""
-    flags, dropped = (
-        (source.input_overflows, source.ring.overflowed)
-        if isinstance(source, DeviceSource)
-        else (0, 0)
+def record_command(args: argparse.Namespace) -> int:
+    """The record command: settings from the flags, the recording, its summary line."""
+    if args.seconds is None:
+        raise UsageError("record needs --seconds N: how many seconds to record")
+    if args.output is None:
+        raise UsageError("record needs -o FILE.wav: where to write the recording")
+    settings = RecordSettings(
+        args.output,
+        args.seconds,
+        args.source,
+        args.device,
+        args.rate,
+        args.channels,
+        args.channel,
+        args.buffer,
+        args.force,
     )
-    return {
-        "event": "recorded",
-        "path": str(s.output.absolute()),
-        "seconds": frames / source.rate,
-        "requested_seconds": s.seconds,
-        "complete": stopped is None,
-        "stopped": stopped,
-        "source": label,
-        "rate": source.rate,
-        "channels": source.channels,
-        "channel": source.channel,
-        "peak_dbfs": dbfs(levels.peak),
-        "rms_dbfs": dbfs(levels.rms),
-        "clipped_samples": levels.clipped,
-        "overflows": flags,
-        "dropped_samples": dropped,
-    }
+    try:
+        check_settings(settings)
+    except RecordError as err:
+        raise UsageError(str(err)) from err
+    # the bounds of the config keys rate, channels, channel (e.g. no 1 GHz ring buffer)
+    flags = {k: getattr(args, k) for k in ("rate", "channels", "channel")}
+    flagged(SourceConfig(), {k: v for k, v in flags.items() if v is not None})
+    check_buffer(args.buffer)
+    try:
+        summary = record(settings)
+    except RecordError as err:
+        raise UsageError(str(err)) from err
+    JsonLines(scores=False).emit(summary)
+    return EXIT_OK
 
 
-def _report(summary: dict[str, Any], levels: Levels) -> None:
-    """Log how the recording ended and warn about silence, clipping, lost audio."""
-    path, seconds = summary["path"], summary["seconds"]
-    if summary["stopped"] == "end of input":
-        _LOGGER.warning(
-            "%s ended after %.2f s of the %g s asked for: kept them in %s",
-            summary["source"],
-            seconds,
-            summary["requested_seconds"],
-            path,
-        )
-    elif summary["stopped"]:
-        _LOGGER.info(
-            "stopped by %s after %.2f s of %g s: kept what was recorded in %s",
-            summary["stopped"],
-            seconds,
-            summary["requested_seconds"],
-            path,
-        )
-    else:
-        _LOGGER.info("recorded %.2f s into %s", seconds, path)
-    peak, rms = summary["peak_dbfs"], summary["rms_dbfs"]
-    if peak is None or peak < SILENCE_PEAK_DBFS or rms < SILENCE_RMS_DBFS:
-        level = "digital silence" if peak is None else f"peak {peak} dBFS, RMS {rms} dBFS"
-        _LOGGER.warning(
-            "the recording is silent (%s): check that the microphone is connected and "
-            "unmuted, the --device and --channel, and the capture gain (alsamixer), "
-            "then record again",
-            level,
-        )
-    if levels.clipped:
-        _LOGGER.warning(
-            "%d samples (%.3g %%) at full scale: the input clips, and a model would learn "
-            "the distortion as normal; lower the capture gain (alsamixer) or move the "
-            "microphone away, then record again",
-            levels.clipped,
-            100.0 * levels.clipped / max(levels.frames, 1),
-        )
-    if summary["overflows"] or summary["dropped_samples"]:
-        _LOGGER.warning(
-            "audio was lost: %d input overflows (PortAudio) and %d samples dropped by the full "
-            "ring buffer, so the recording has gaps; close busy programs or raise --buffer, "
-            "then record again",
-            summary["overflows"],
-            summary["dropped_samples"],
-        )
-    if levels.nonfinite:
-        _LOGGER.warning(
-            "%d samples were NaN or infinite (written as received): the device delivers "
-            "corrupt audio",
-            levels.nonfinite,
-        )

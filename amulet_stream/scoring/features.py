@@ -120,6 +120,10 @@ class Profile:
         """Vectors between window starts when serving (at least 1)."""
         return max(1, round(self.hop / self.step))
 
+    def vectors_for_hop(self, seconds: float | None) -> int | None:
+        """Vectors between window starts for a hop in seconds (None: the profile's own)."""
+        return None if seconds is None else max(1, round(seconds * self.rate / self.step))
+
     @property
     def n_frames(self) -> int:
         """Frames per window."""

@@ -267,3 +267,19 @@ def feed_key(src: SourceConfig) -> tuple[Any, ...]:
     if src.kind == "stdin":
         return ("stdin",)
     return ("device", src.device, src.rate, src.channels)
+
+
+def windows_scored(streams: dict[str, Stream]) -> int:
+    """Windows scored by the streams' running pipelines (the watchdog's sign of work)."""
+    return sum(st.pipe.stats.windows for st in streams.values() if st.pipe is not None)
+
+
+def status_line(streams: dict[str, Stream], listener_down: bool) -> str:
+    """systemd's STATUS=: the number of streams in each state, and a listener that is down."""
+    states: dict[str, int] = {}
+    for st in streams.values():
+        state = "down" if st.down else (st.pipe.state if st.pipe is not None else None)
+        states[state or "starting"] = states.get(state or "starting", 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    listener = "; metrics listener not open" if listener_down else ""
+    return f"{len(streams)} stream(s): {summary}{listener}"

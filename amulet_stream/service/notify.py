@@ -13,9 +13,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 _LOGGER = logging.getLogger(__name__)
+STATUS_SECONDS = 10.0
+"""STATUS= with the streams' states this often (once ready)."""
 
 
 def _address(value: str) -> str | bytes:
@@ -109,3 +111,31 @@ class Notifier:
                 self._socket_name,
                 err,
             )
+
+
+class Heartbeat:
+    """WATCHDOG=1 every half watchdog timeout while windows are scored; once ready, STATUS=
+    every STATUS_SECONDS."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self.ready = False
+        """Set when audio first flows (READY=1 was sent)."""
+        self._windows_at_ping = 0
+        self._last_ping = self._last_status = time.monotonic()
+
+    def beat(self, windows: int, status: Callable[[], str]) -> None:
+        """Called every tick with the windows scored so far and the status line's maker."""
+        now = time.monotonic()
+        timeout = self.notifier.watchdog_seconds
+        interval = None if timeout is None else timeout / 2
+        if (
+            interval is not None
+            and now - self._last_ping >= interval
+            and windows != self._windows_at_ping
+        ):
+            self.notifier.watchdog()
+            self._last_ping, self._windows_at_ping = now, windows
+        if self.ready and now - self._last_status >= STATUS_SECONDS:
+            self.notifier.status(status())
+            self._last_status = now
