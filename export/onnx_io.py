@@ -19,7 +19,8 @@ import tensorflow as tf
 import tf2onnx
 
 from amulet_stream import __version__
-from amulet_stream.scoring.model import FORMAT_VERSION, INPUT_NAME, META_KEY, OUTPUT_NAME
+from amulet_stream.scoring.model import INPUT_NAME, OUTPUT_NAME
+from amulet_stream.scoring.model_meta import FORMAT_VERSION, META_KEY
 
 from .errors import InputError, ParityError
 

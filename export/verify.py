@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from amulet_stream.scoring.model import Model, ModelError
+from amulet_stream.scoring.model import Model
+from amulet_stream.scoring.model_meta import ModelError
 
 
 def verify(path: Path) -> tuple[bool, str]:

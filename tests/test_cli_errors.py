@@ -182,7 +182,8 @@ def test_the_same_checks_and_words_as_the_config_keys(
     """A flag and its config key are refused by the same check: the same words follow the
     flag's and the key's name."""
     from amulet_stream.cli.main import main
-    from amulet_stream.service.config import ConfigError, load
+    from amulet_stream.service.config import load
+    from amulet_stream.service.config_keys import ConfigError
 
     wav = tmp_path / "m.wav"
     write_wav(wav, generate(2.0, 16000, seed=1), 16000)
@@ -278,7 +279,8 @@ def test_plot_without_matplotlib_fails_before_the_replay(tmp_path: Path) -> None
 
 
 def test_config_writable_by_others_is_refused(tmp_path: Path) -> None:
-    from amulet_stream.service.config import ConfigError, load
+    from amulet_stream.service.config import load
+    from amulet_stream.service.config_keys import ConfigError
 
     wav = tmp_path / "m.wav"
     write_wav(wav, generate(2.0, 16000, seed=6), 16000)

@@ -30,7 +30,8 @@ import pytest
 from hypothesis import strategies as st
 
 from amulet_stream.audio.wav import MAX_CHANNELS, RATES, write_wav
-from amulet_stream.service.config import _TYPES, Config, ConfigError, load
+from amulet_stream.service.config import Config, load
+from amulet_stream.service.config_keys import TYPES, ConfigError
 from amulet_stream.synth.motor import generate
 
 from .fuzzing import fuzz_seconds, run_budget
@@ -149,7 +150,7 @@ EXTRA_KEYS = ["k", "bogus", "", "Rate", "rate ", "a\nb", "\0", "k" * 100_000]
 def table(draw: st.DrawFn, name: str, depth: int = 0) -> dict[str, Any]:
     """A table of section `name`: a few known keys, each mostly of its own type with edge
     values (to reach the range checks) and sometimes of any type; maybe unknown keys."""
-    keys = _TYPES[name]
+    keys = TYPES[name]
     known = sorted(keys)
     out: dict[str, Any] = {}
     for _ in range(draw(NAMES)):
@@ -182,7 +183,7 @@ def stream_table(draw: st.DrawFn) -> dict[str, Any]:
     return out
 
 
-SECTIONS = [n for n in _TYPES if n != "stream"]
+SECTIONS = [n for n in TYPES if n != "stream"]
 
 
 @st.composite

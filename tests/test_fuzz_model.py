@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from amulet_stream.audio.wav import write_wav
 from amulet_stream.cli.main import main
-from amulet_stream.scoring.model import Model, ModelError, default_model_path
+from amulet_stream.scoring.model import Model, default_model_path
+from amulet_stream.scoring.model_meta import ModelError
 from amulet_stream.synth.motor import generate
 from tests.fuzzing import fuzz_seconds, run_budget
 from tests.test_fuzz_replay import ReplayWorker, check_replay

@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from amulet_export.cli import main
-from amulet_stream.scoring.model import Model, ModelError
+from amulet_stream.scoring.model import Model
+from amulet_stream.scoring.model_meta import ModelError
 
 
 def _plain_onnx(path: Path, meta: dict[str, str] | None = None, dim: int = 3) -> Path:

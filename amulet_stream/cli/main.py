@@ -16,8 +16,9 @@ from amulet_stream.cli.replay import replay
 from amulet_stream.cli.run import run
 from amulet_stream.http.security import ListenError
 from amulet_stream.outputs.mqtt.settings import MqttConfigError
-from amulet_stream.scoring.model import Model, ModelError
-from amulet_stream.service.config import ConfigError
+from amulet_stream.scoring.model import Model
+from amulet_stream.scoring.model_meta import ModelError
+from amulet_stream.service.config_keys import ConfigError
 from amulet_stream.service.startup import DaemonError
 
 _LOGGER = logging.getLogger("amulet_stream")

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 from amulet_stream.http.server import DEFAULT_PORT
 from amulet_stream.outputs.mqtt.settings import MqttConfigError, MqttSettings
 from amulet_stream.scoring.detector import RENAMED
-from amulet_stream.scoring.model import Model, default_model_path
-from amulet_stream.service.config import Config, ModelConfig, StreamConfig, load
+from amulet_stream.scoring.model import Model, ModelConfig, default_model_path
+from amulet_stream.service.config import Config, StreamConfig, load
 
 _LOGGER = logging.getLogger("amulet_stream")
 EXIT_OK, EXIT_ANOMALY, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
 
+from amulet_stream.audio.settings import SourceConfig
 from amulet_stream.audio.sources import DeviceSource
 from amulet_stream.audio.wav import MAX_DATA_BYTES, FloatWavWriter
 from amulet_stream.cli.options import EXIT_OK, UsageError, check_buffer, flagged
@@ -30,7 +31,6 @@ from amulet_stream.cli.record_settings import (
 )
 from amulet_stream.cli.record_summary import Levels, Source, report, summary
 from amulet_stream.outputs.jsonl import JsonLines, Progress
-from amulet_stream.service.config import SourceConfig
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amulet_stream.audio.devices import DeviceError, resolve
+from amulet_stream.audio.settings import SourceConfig
 from amulet_stream.audio.sources import (
     LIVE_BLOCK_SECONDS,
     Block,
@@ -22,7 +23,7 @@ from amulet_stream.audio.wav import WavError, read_info, select_channel
 from amulet_stream.outputs.clips import ClipRecorder
 from amulet_stream.scoring.model import Model
 from amulet_stream.scoring.pipeline import F32, StreamPipeline
-from amulet_stream.service.config import SourceConfig, StreamConfig
+from amulet_stream.service.config import StreamConfig
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -7,8 +7,10 @@ import logging
 from collections.abc import Callable
 
 from amulet_stream.audio.devices import DeviceError
-from amulet_stream.scoring.model import Model, ModelError
-from amulet_stream.service.config import Config, ConfigError, StreamConfig
+from amulet_stream.scoring.model import Model
+from amulet_stream.scoring.model_meta import ModelError
+from amulet_stream.service.config import Config, StreamConfig
+from amulet_stream.service.config_keys import ConfigError
 from amulet_stream.service.feeds import Stream
 from amulet_stream.service.sinks import Sinks
 from amulet_stream.service.startup import DaemonError, Models, check_sources

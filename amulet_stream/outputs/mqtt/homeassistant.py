@@ -17,9 +17,6 @@ from amulet_stream.files import make_private_dirs, read_small, replace_file
 
 _LOGGER = logging.getLogger(__name__)
 
-STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-"""A stream id (fullmatch): one MQTT topic level and part of an HA discovery node id."""
-
 ANNOUNCED_FILE = "mqtt-discovery.json"
 
 # state topic -> entity value; "None" is HA's payload for "unknown". The state topic may get

@@ -24,7 +24,6 @@ from typing import Any
 from amulet_stream import __version__
 from amulet_stream.outputs.mqtt.connection import Connection, Sent
 from amulet_stream.outputs.mqtt.homeassistant import (
-    STREAM_ID,
     Announced,
     Discovery,
     StreamTopics,
@@ -35,6 +34,7 @@ from amulet_stream.outputs.mqtt.routing import STATES, StreamInfo, with_defaults
 from amulet_stream.outputs.mqtt.settings import MqttConfigError, MqttSettings, check_topic_part
 from amulet_stream.outputs.mqtt.spool import DurableOutbox, SpoolError, open_outbox
 from amulet_stream.outputs.mqtt.states import RetainedStates
+from amulet_stream.text import STREAM_ID
 
 _LOGGER = logging.getLogger(__name__)
 
