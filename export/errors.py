@@ -1,4 +1,6 @@
-"""Exceptions of the export step; the CLI maps them to exit codes."""
+"""Exceptions of the export step and the exit codes the CLI maps them to."""
+
+EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
 
 
 class ExportError(Exception):

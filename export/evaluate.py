@@ -95,7 +95,8 @@ def train_candidate(cand: Candidate, epochs: int) -> Trainer:
     """A trainer for a candidate: healthy wav files, output folder -> model.onnx."""
 
     def run(wavs: list[Path], out: Path) -> Path:
-        from .train import TrainConfig, train
+        from .train import train
+        from .train_config import TrainConfig
 
         cfg = TrainConfig(wavs, out, cand.profile, epochs=epochs, architecture=cand.architecture)
         return train(cfg)

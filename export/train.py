@@ -7,15 +7,10 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-import numpy.typing as npt
-import tensorflow as tf
-from numpy.lib.stride_tricks import sliding_window_view
 
 from amulet_stream.audio.sources import FileSource
 from amulet_stream.audio.wav import WavError, read_info
@@ -24,16 +19,15 @@ from amulet_stream.scoring.integrity import block_levels, level_summary
 from amulet_stream.scoring.model import Model
 from amulet_stream.scoring.pipeline import StreamPipeline, replay
 from amulet_stream.scoring.pipeline import verdict as pipeline_verdict
-from amulet_stream.scoring.windows import WindowMeans
 
-from . import dataset, linear, nets, onnx_io, outdir, plots, threshold
+from . import dataset, linear, onnx_io, outdir, plots, threshold
 from .errors import InputError
+from .train_config import TrainConfig
+from .train_data import GAIN_DB, HOLD_OUT, _augment, _scaler, _split, _window_scores
+from .train_fit import FOLDS, _fit_keras, _out_of_fold
 
 _LOGGER = logging.getLogger(__name__)
 
-F32 = npt.NDArray[np.float32]
-I64 = npt.NDArray[np.int64]
-HOLD_OUT = 0.2
 ARCHITECTURES = ("dense", "lstm", "lstm-frames", *linear.KINDS)
 DEFAULT_ARCHITECTURE = {"amulet-v1": "lstm", "logmel-v1": "dense"}
 SCORE_TEXT = {
@@ -44,128 +38,6 @@ SCORE_TEXT = {
     "mahalanobis": "mean squared whitened distance of the scaled vector from the training "
     "mean, averaged over a window",
 }
-GAIN_DB = (-6.0, -3.0, 3.0, 6.0)
-FOLDS = 4
-PATIENCE = 5
-"""Epochs without a better held-out loss before training stops (the best epoch is kept)."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything `train` needs; built from the command line."""
-
-    inputs: list[Path]
-    output_dir: Path
-    profile: str
-    epochs: int = 20
-    batch_size: int = 32
-    predict_file: Path | None = None
-    channel: int | None = None
-    threshold_method: str | None = None
-    """None: the profile's default (amulet-v1: max, as AMULET; others: gamma)."""
-    quantile: float = 0.99
-    seed: int = 10
-    architecture: str | None = None
-    """None: the profile's default (DEFAULT_ARCHITECTURE)."""
-
-
-class _EpochLog(keras.callbacks.Callback):  # type: ignore[misc]
-    """One log line per epoch: the progress a person watches."""
-
-    def __init__(self, epochs: int) -> None:
-        super().__init__()
-        self.epochs = epochs
-        self._t0 = 0.0
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        self._t0 = time.monotonic()
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        logs = logs or {}
-        _LOGGER.info(
-            "epoch %d/%d  loss %.5f  held-out loss %.5f  (%.1f s)",
-            epoch + 1,
-            self.epochs,
-            logs.get("loss", float("nan")),
-            logs.get("val_loss", float("nan")),
-            time.monotonic() - self._t0,
-        )
-
-
-def _scaler(profile: Profile, x: F32) -> tuple[F32, F32, dict[str, Any]]:
-    """(scale, bias) with scaled = x * scale + bias: MinMax for amulet-v1, else standard."""
-    if profile.name == "amulet-v1":
-        lo, hi = x.min(axis=0), x.max(axis=0)
-        scale = 1.0 / np.where(hi - lo > 0, hi - lo, 1.0)
-        bias = -lo * scale
-        kind = "minmax"
-    else:
-        mean, std = x.mean(axis=0), np.maximum(x.std(axis=0), 0.1)
-        scale, bias, kind = 1.0 / std, -mean / std, "standard"
-    doc = {"kind": kind, "scale": scale.tolist(), "bias": bias.tolist()}
-    return scale.astype(np.float32), bias.astype(np.float32), doc
-
-
-def _augment(profile: Profile, x: F32) -> F32:
-    """Training vectors (N, D) plus copies at GAIN_DB overall gains, for log-mel (dB) features:
-    a microphone's gain is arbitrary, so a few dB of level must not look like a fault."""
-    if profile.name != "logmel-v1":
-        return x
-    return np.concatenate([x, *(x + np.float32(g) for g in GAIN_DB)])
-
-
-def _split(data: dataset.Dataset, profile: Profile) -> tuple[I64, I64]:
-    """Indexes of training and held-out vectors: the last 20 % of each file (at least one
-    window) is held out, and no training vector shares a sample with it."""
-    keep = (data.counts * (1.0 - HOLD_OUT)).astype(np.int64)
-    cut = np.minimum(keep, data.counts - profile.vectors)
-    hold_first = np.maximum(cut, 0)[data.file_index]
-    gap = _gap(profile)
-    held = np.flatnonzero(data.index >= hold_first)
-    train = np.flatnonzero(data.index + gap < hold_first)
-    return train, held
-
-
-def _out_of_fold(cfg: TrainConfig, arch: str, profile: Profile, data: dataset.Dataset) -> F32:
-    """Vector scores (N,), each from a model fitted without it or any vector sharing a sample
-    with its part: FOLDS contiguous parts in turn, for audio too short to hold out enough."""
-    n = data.vectors.shape[0]
-    gap = _gap(profile)
-    out = np.empty(n, np.float32)
-    idx = np.arange(n)
-    edges = np.linspace(0, n, FOLDS + 1).astype(int)
-    for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
-        part = data.vectors[lo:hi]
-        x_fit = _augment(profile, data.vectors[(idx < lo - gap) | (idx >= hi + gap)])
-        scale, bias, _ = _scaler(profile, x_fit)
-        if arch in linear.KINDS:
-            out[lo:hi] = linear.fit(arch, x_fit, scale, bias)[2](part)
-        else:
-            args = (part, x_fit, part, scale, bias)
-            out[lo:hi] = _fit_keras(cfg, arch, profile.stack, *args, export=False)[1]
-    return out
-
-
-def _gap(profile: Profile) -> int:
-    """Vectors on each side of a vector that share samples with it."""
-    return profile.stack - 1 + -(-profile.n_fft // profile.step) - 1
-
-
-def _window_scores(vec_scores: F32, data: dataset.Dataset, pick: I64, per_window: int) -> F32:
-    """Scores of every window (at a hop of one vector) made only of the vectors in `pick`."""
-    mask = np.zeros(vec_scores.size, bool)
-    mask[pick] = True
-    out: list[F32] = []
-    start = 0
-    for count in data.counts.tolist():
-        s, m = vec_scores[start : start + count], mask[start : start + count]
-        start += count
-        if count < per_window:
-            continue
-        means = WindowMeans(per_window, 1).push(s)[0]  # as the monitor scores windows
-        inside = sliding_window_view(m, per_window).all(axis=1)
-        out.append(means[inside].astype(np.float32))
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 def _input_levels(cfg: TrainConfig) -> dict[str, float]:
@@ -252,74 +124,6 @@ def train(cfg: TrainConfig, data: dataset.Dataset | None = None) -> Path:
         logging.getLogger().removeHandler(handler)
         handler.close()
         shutil.rmtree(stage, ignore_errors=True)
-
-
-def _report_epochs(history: dict[str, list[float]], epochs: int) -> None:
-    """Say which epoch was kept and why."""
-    best = int(np.argmin(history["val_loss"]))
-    ran = len(history["val_loss"])
-    if ran < epochs:
-        _LOGGER.info(
-            "stopped after epoch %d: the held-out loss last improved at epoch %d; "
-            "keeping epoch %d (held-out loss %.5f)",
-            ran,
-            best + 1,
-            best + 1,
-            history["val_loss"][best],
-        )
-    else:
-        _LOGGER.info(
-            "keeping epoch %d of %d, the best held-out loss (%.5f)",
-            best + 1,
-            ran,
-            history["val_loss"][best],
-        )
-    if best == 0 and ran > 1:
-        _LOGGER.warning(
-            "the held-out loss never improved after the first epoch: the model does not "
-            "generalise from this audio; more (and more varied) healthy audio will help"
-        )
-
-
-def _fit_keras(
-    cfg: TrainConfig,
-    arch: str,
-    stack: int,
-    vectors: F32,
-    x_train: F32,
-    x_held: F32,
-    scale: F32,
-    bias: F32,
-    export: bool = True,
-) -> tuple[Any, F32, dict[str, list[float]]]:
-    """Train a Keras autoencoder; return its ONNX scorer (None unless `export`), the Keras
-    scores of `vectors` and the loss history. Stops early when the held-out loss stops
-    improving (the best epoch is kept)."""
-    keras.utils.set_random_seed(cfg.seed)
-    tf.config.experimental.enable_op_determinism()
-    core = nets.core_for(arch, x_train.shape[1], stack)
-    core.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mae")
-    xs_train, xs_held = x_train * scale + bias, x_held * scale + bias
-    stop = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=PATIENCE, restore_best_weights=True
-    )
-    fit = core.fit(
-        xs_train,
-        xs_train,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        validation_data=(xs_held, xs_held),
-        shuffle=True,
-        verbose=0,
-        callbacks=[_EpochLog(cfg.epochs), stop] if export else [stop],
-    )
-    history = {k: [float(x) for x in vals] for k, vals in fit.history.items()}
-    if export:
-        _report_epochs(history, cfg.epochs)
-    model = nets.scorer(core, scale, bias)
-    vec_scores = np.asarray(model.predict(vectors, batch_size=4096, verbose=0), np.float32)
-    proto = onnx_io.convert(model, x_train.shape[1]) if export else None
-    return proto, vec_scores, history
 
 
 def _train_into(

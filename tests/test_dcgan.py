@@ -13,7 +13,7 @@ import pytest
 import scipy.fft
 from onnx import TensorProto, helper, numpy_helper
 
-from amulet_export import dcgan
+from amulet_export import dcgan, dcgan_images, dcgan_onnx
 from amulet_export.errors import InputError
 from amulet_export.onnx_io import ort_scores
 from amulet_export.verify import verify
@@ -79,18 +79,18 @@ def test_images_are_what_imsave_writes() -> None:
             np.full((1, 880), 3.0, np.float32),  # flat: every pixel gets the first colour
         ]
     )
-    ours = dcgan.viridis_bytes()[dcgan.colour_index(mats)].reshape(-1, 20, 44, 3)
+    ours = dcgan_images.viridis_bytes()[dcgan_images.colour_index(mats)].reshape(-1, 20, 44, 3)
     for m, mine in zip(mats, ours, strict=True):
         png = io.BytesIO()
         plt.imsave(png, m.reshape(20, 44), format="png")
         written = np.round(plt.imread(io.BytesIO(png.getvalue()))[..., :3] * 255)
         np.testing.assert_array_equal(mine, written)
-    img = dcgan.images(mats)
+    img = dcgan_images.images(mats)
     assert img.shape == (6, 20, 44, 3) and img.min() >= -1.0 and img.max() <= 1.0
 
 
 def test_onnx_colour_index_is_exact_at_level_boundaries() -> None:
-    nodes, inits, colour = dcgan._colour_nodes("table")
+    nodes, inits, colour = dcgan_onnx._colour_nodes("table")
     inits.append(numpy_helper.from_array(np.arange(256, dtype=np.float32), "table"))
     graph = helper.make_graph(
         [*nodes, helper.make_node("Identity", [colour], [OUTPUT_NAME])],
@@ -107,7 +107,7 @@ def test_onnx_colour_index_is_exact_at_level_boundaries() -> None:
         rows.append(lo + span * np.resize(np.arange(257) / 256, 880))
     x = np.asarray(rows, np.float32)
     levels = ort_scores(proto, x).reshape(x.shape)
-    np.testing.assert_array_equal(levels, dcgan.colour_index(x))
+    np.testing.assert_array_equal(levels, dcgan_images.colour_index(x))
     assert levels[-3:-1].min() == 0 and levels[-3:-1].max() == 255 and levels[-1].max() == 0
 
 
@@ -164,7 +164,7 @@ def test_amulet_rule_graph_is_exact(models: dict[str, Path]) -> None:
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     x = np.random.default_rng(4).standard_normal((40, 880)).astype(np.float32) * 50
     x[0] = 0.0
-    expected = dcgan.amulet_scores(x, inits["grey_sample"])
+    expected = dcgan_images.amulet_scores(x, inits["grey_sample"])
     np.testing.assert_array_equal(Model(models["amulet"]).score_vectors(x), expected)
 
 

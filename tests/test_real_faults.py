@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from amulet_export.corpus import real_corpus
-from amulet_export.train import TrainConfig, train
+from amulet_export.train import train
+from amulet_export.train_config import TrainConfig
 from amulet_stream.audio.wav import iter_blocks, read_info, write_wav
 from amulet_stream.scoring.features import DEFAULT_PROFILE
 from amulet_stream.synth.motor import Fault, inject

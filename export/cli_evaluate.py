@@ -1,0 +1,86 @@
+"""`amulet-export evaluate`: arguments checked, corpus written, candidates run and reported."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace, argv: list[str] | None) -> int:
+    import tempfile
+
+    from amulet_stream.audio.wav import WavError
+
+    from . import corpus, evaluate, evaluate_report
+    from .errors import InputError
+
+    trainers = {
+        c.name: (c.name, evaluate.train_candidate(c, args.epochs), c.note)
+        for c in evaluate.CANDIDATES
+    }
+    for rule, note in (("amulet", "AMULET's rule: pixel difference"), ("discriminator", "1 - D")):
+        name = "dcgan" if rule == "amulet" else f"dcgan-{rule}"
+        trainers[name] = (name, _dcgan_trainer(rule), f"AMULET's DCGAN on MFCC images, {note}")
+    names = args.candidates.split(",") if args.candidates else list(trainers)
+    unknown = [n for n in names if n not in trainers]
+    if unknown:
+        known = ", ".join(trainers)
+        raise InputError(f"--candidates: unknown {', '.join(unknown)} (known: {known})")
+    if args.epochs < 1:
+        raise InputError("--epochs must be at least 1")
+    hours = args.normal_hours
+    if hours is None:
+        hours = 24.0 if args.size == "full" else 0.1
+    if hours < 0:
+        raise InputError("--normal-hours must not be negative")
+    if args.real is not None and not args.real.is_file():
+        raise InputError(f"--real {args.real}: no such file")
+    command = "amulet-export " + " ".join(sys.argv[1:] if argv is None else argv)
+    chosen = [trainers[n] for n in names]
+    from .tfimport import train_extra
+
+    with train_extra("evaluation"):  # every candidate is trained: fail now, not after the corpus
+        from . import dcgan, train  # noqa: F401
+    with tempfile.TemporaryDirectory(prefix="amulet-eval-") as tmp:
+        work = args.work or Path(tmp)
+        real = None
+        if args.real is not None:  # first: a recording that cannot be used fails at once
+            try:
+                real = corpus.real_corpus(args.real, work / "real")
+            except (ValueError, WavError) as err:
+                raise InputError(f"--real {args.real}: {err}") from err
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"--out {args.out}: cannot create it: {err.strerror}") from err
+        corp = corpus.synthetic_corpus(work / "synthetic", args.size)
+        results = evaluate.run(corp, args.out, hours, chosen)
+        doc = evaluate_report.write(results, corp, args.out, hours, command)
+        if real is not None:
+            res = evaluate.run(real, work / "real-out", 0.0, chosen)
+            evaluate_report.write(res, real, args.out / "real", 0.0, command)
+    for name, c in doc["candidates"].items():
+        fa = c["false_alarms_per_24h"]
+        print(
+            f"{name}: {c['hits']}/{c['faults']} faults alerted, median delay "
+            f"{c['median_delay_s']} s, "
+            + ("false alarms not measured" if fa != fa else f"{fa} false alarms / 24 h")
+        )
+    print(args.out / "evaluation.md")
+    return EXIT_OK
+
+
+def _dcgan_trainer(rule: str) -> Callable[[list[Path], Path], Path]:
+    """Trains AMULET's DCGAN (its own epoch budget, dcgan.DEFAULT_EPOCHS) with a scoring rule."""
+
+    def run(wavs: list[Path], out: Path) -> Path:
+        from .dcgan import train_dcgan
+
+        path: Path = train_dcgan(wavs, out, rule=rule)
+        return path
+
+    return run

@@ -1,0 +1,25 @@
+"""What `amulet-export train` is asked to do: TrainConfig, built from the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `train` needs; built from the command line."""
+
+    inputs: list[Path]
+    output_dir: Path
+    profile: str
+    epochs: int = 20
+    batch_size: int = 32
+    predict_file: Path | None = None
+    channel: int | None = None
+    threshold_method: str | None = None
+    """None: the profile's default (amulet-v1: max, as AMULET; others: gamma)."""
+    quantile: float = 0.99
+    seed: int = 10
+    architecture: str | None = None
+    """None: the profile's default (DEFAULT_ARCHITECTURE)."""
