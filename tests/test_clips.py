@@ -18,9 +18,10 @@ import pytest
 from amulet_stream import __version__
 from amulet_stream.audio.sources import Block
 from amulet_stream.audio.wav import iter_blocks, read_info
-from amulet_stream.outputs.clips import CLIP_NAME, ClipRecorder, ClipSettings, ClipStore, utc_iso
+from amulet_stream.outputs.clip_store import CLIP_NAME, ClipSettings, ClipStore
+from amulet_stream.outputs.clips import ClipRecorder
 from amulet_stream.scoring.model import Model
-from amulet_stream.scoring.pipeline import StreamPipeline
+from amulet_stream.scoring.pipeline import StreamPipeline, utc_iso
 from amulet_stream.synth.motor import Fault, generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,7 +233,7 @@ def test_unwritable_folder_costs_clips_not_monitoring(
     blocker = tmp_path / "blocker"
     blocker.write_text("a regular file where the clip folder's parent should be")
     folder = blocker / "clips"
-    caplog.set_level(logging.DEBUG, logger="amulet_stream.outputs.clips")
+    caplog.set_level(logging.DEBUG, logger="amulet_stream.outputs")
     store = ClipStore(ClipSettings(folder, 0.5, 0.25))  # no exception
     feeder = Feeder(ClipRecorder(store, "m", RATE, "0" * 64))
     for k in range(2):
@@ -317,7 +318,8 @@ DISK_FULL = """
 import json, resource, signal, sys
 from pathlib import Path
 import numpy as np
-from amulet_stream.outputs.clips import ClipRecorder, ClipSettings, ClipStore
+from amulet_stream.outputs.clip_store import ClipSettings, ClipStore
+from amulet_stream.outputs.clips import ClipRecorder
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes beyond the limit fail with EFBIG
 folder, rate = Path(sys.argv[1]), 16000

@@ -21,7 +21,7 @@ import pytest
 
 from amulet_stream.audio.wav import write_wav
 from amulet_stream.http.server import parse_address
-from amulet_stream.outputs.clips import ClipSettings, ClipStore
+from amulet_stream.outputs.clip_store import ClipSettings, ClipStore
 from amulet_stream.synth.motor import Fault, generate
 
 from .servers import Mosquitto, Received, Subscriber, binary, free_port, have, wait_until

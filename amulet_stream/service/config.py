@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from amulet_stream.audio.settings import SourceConfig
 from amulet_stream.http.settings import MetricsConfig
-from amulet_stream.outputs.clips import ClipSettings
+from amulet_stream.outputs.clip_store import ClipSettings
 from amulet_stream.outputs.mqtt.settings import MqttSettings
 from amulet_stream.scoring.detector import RENAMED, DetectorSettings
 from amulet_stream.scoring.integrity import IntegritySettings

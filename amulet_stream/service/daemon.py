@@ -23,7 +23,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from amulet_stream.outputs.clips import ClipRecorder, ClipStore
+from amulet_stream.outputs.clip_store import ClipStore
+from amulet_stream.outputs.clips import ClipRecorder
 from amulet_stream.outputs.jsonl import JsonLines
 from amulet_stream.scoring.detector import effective_threshold
 from amulet_stream.scoring.integrity import IntegrityCheck, level_range
