@@ -21,7 +21,8 @@ from amulet_stream.audio.wav import iter_blocks, read_info
 from amulet_stream.outputs.clips import CLIP_NAME, ClipRecorder, ClipSettings, ClipStore, utc_iso
 from amulet_stream.scoring.model import Model
 from amulet_stream.scoring.pipeline import StreamPipeline
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "amulet-stream"

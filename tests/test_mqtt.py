@@ -22,7 +22,8 @@ from amulet_stream.audio.wav import write_wav
 from amulet_stream.outputs.mqtt.homeassistant import StreamTopics, discovery_configs
 from amulet_stream.outputs.mqtt.outbox import Message, Outbox
 from amulet_stream.outputs.mqtt.sink import MqttConfigError, MqttSettings, MqttSink
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 from .servers import Mosquitto, Subscriber, binary, free_port, have, wait_until
 
