@@ -53,7 +53,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from streams import free_port, machine, proc_cpu, status
 
 from amulet_stream.audio.wav import write_wav
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -19,7 +19,7 @@ _CONSOLE = "amulet-export-console"
 
 def _parser() -> argparse.ArgumentParser:
     from amulet_stream.scoring.features import DEFAULT_PROFILE, PROFILES
-    from amulet_stream.synth.motor import BENIGN, FAULTS, KINDS
+    from amulet_stream.synth.spec import BENIGN, FAULTS, KINDS
 
     p = argparse.ArgumentParser(prog="amulet-export", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)

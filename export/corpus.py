@@ -14,8 +14,9 @@ import numpy as np
 import numpy.typing as npt
 
 from amulet_stream.audio.wav import write_wav, write_wav_blocks
-from amulet_stream.synth.faults import NOT_INJECTABLE
-from amulet_stream.synth.motor import BENIGN, FAULTS, Fault, Motor, generate_blocks, inject
+from amulet_stream.synth.motor import generate_blocks
+from amulet_stream.synth.recordings import inject
+from amulet_stream.synth.spec import BENIGN, FAULTS, NOT_INJECTABLE, Fault, Motor
 
 from .corpus_audio import _read_mono, loop
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from amulet_stream.audio.wav import write_wav
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_DIR = ROOT.parent / "shared" / "data" / "amulet-seed"

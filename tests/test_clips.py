@@ -22,7 +22,8 @@ from amulet_stream.outputs.clip_store import CLIP_NAME, ClipSettings, ClipStore
 from amulet_stream.outputs.clips import ClipRecorder
 from amulet_stream.scoring.model import Model
 from amulet_stream.scoring.pipeline import StreamPipeline, utc_iso
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "amulet-stream"

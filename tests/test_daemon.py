@@ -19,7 +19,8 @@ import pytest
 
 from amulet_stream.audio.wav import read_info, write_wav
 from amulet_stream.scoring.model import BATCH, Model, default_model_path
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 from .servers import Mosquitto, Subscriber, have, wait_until
 

@@ -24,7 +24,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from amulet_stream.audio.wav import read_info, write_wav
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 from .servers import Mosquitto, have, wait_until
 

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 from tests.fuzzing import fuzz_seconds, run_budget
 from tests.test_fuzz_wav import REGRESSIONS, _chunk, encode, mutated_wav
 

@@ -24,7 +24,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from amulet_stream.audio.wav import write_wav
 from amulet_stream.outputs.metrics import Metrics
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 from .servers import Mosquitto, binary, free_port, have, wait_until
 

@@ -315,7 +315,8 @@ def test_daemon_streams_appear_alert_and_are_pruned(
     both anomaly sensors turn on; a clean exit makes them unavailable; a restart without one
     stream removes that stream's entities."""
     from amulet_stream.audio.wav import write_wav
-    from amulet_stream.synth.motor import Fault, generate
+    from amulet_stream.synth.motor import generate
+    from amulet_stream.synth.spec import Fault
 
     wav = tmp_path / "fault.wav"
     write_wav(wav, generate(20.0, 16000, seed=7, fault=Fault("imbalance", 3.0, 20.0, 0.8)), 16000)

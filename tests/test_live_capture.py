@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from amulet_stream.audio.wav import write_wav
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 BIN = Path(sys.executable).parent / "amulet-stream"
 RATE = 16000

@@ -23,7 +23,8 @@ from amulet_stream.outputs.mqtt.homeassistant import StreamTopics, discovery_con
 from amulet_stream.outputs.mqtt.outbox import Message, Outbox
 from amulet_stream.outputs.mqtt.settings import MqttConfigError, MqttSettings
 from amulet_stream.outputs.mqtt.sink import MqttSink
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 from .servers import Mosquitto, Subscriber, binary, free_port, have, wait_until
 

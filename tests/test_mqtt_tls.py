@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from amulet_stream.audio.wav import write_wav
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 from .servers import Subscriber, binary, free_port, have, wait_until
 

@@ -23,7 +23,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from amulet_stream.audio.wav import write_wav
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 from .proxy import Proxy
 from .servers import Mosquitto, Subscriber, have, wait_until

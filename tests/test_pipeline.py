@@ -14,7 +14,8 @@ from amulet_stream.audio.sources import Block
 from amulet_stream.audio.wav import write_wav
 from amulet_stream.scoring.model import Model, default_model_path
 from amulet_stream.scoring.pipeline import StreamPipeline
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 BIN = Path(sys.executable).parent / "amulet-stream"
 

@@ -20,7 +20,8 @@ from amulet_export.train import train
 from amulet_export.train_config import TrainConfig
 from amulet_stream.audio.wav import iter_blocks, read_info, write_wav
 from amulet_stream.scoring.features import DEFAULT_PROFILE
-from amulet_stream.synth.motor import Fault, inject
+from amulet_stream.synth.recordings import inject
+from amulet_stream.synth.spec import Fault
 
 BIN = Path(sys.executable).parent / "amulet-stream"
 FAULTS = {

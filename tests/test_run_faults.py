@@ -28,7 +28,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from amulet_stream.audio.wav import FloatWavWriter, write_wav
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 from .servers import Mosquitto, Subscriber, binary, free_port, have, wait_until
 

@@ -22,7 +22,8 @@ import pytest
 from amulet_stream.audio.wav import write_wav
 from amulet_stream.http.server import parse_address
 from amulet_stream.outputs.clip_store import ClipSettings, ClipStore
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 from .servers import Mosquitto, Received, Subscriber, binary, free_port, have, wait_until
 from .test_run_faults import BIN, DaemonRun, scrape

@@ -33,7 +33,8 @@ from amulet_stream.http.server import App, BasicAuth, serve
 from amulet_stream.http.submit import SubmitLimits
 from amulet_stream.outputs.metrics import Metrics
 from amulet_stream.scoring.model import Model
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 from .servers import free_port, wait_until
 

@@ -17,17 +17,9 @@ from amulet_stream.audio.wav import (
     write_wav,
     write_wav_blocks,
 )
-from amulet_stream.synth.faults import NOT_INJECTABLE
-from amulet_stream.synth.motor import (
-    BENIGN,
-    FAULTS,
-    KINDS,
-    Fault,
-    Motor,
-    generate,
-    generate_blocks,
-    inject,
-)
+from amulet_stream.synth.motor import generate, generate_blocks
+from amulet_stream.synth.recordings import inject
+from amulet_stream.synth.spec import BENIGN, FAULTS, KINDS, NOT_INJECTABLE, Fault, Motor
 from export.corpus import (
     TRAIN_RPM,
     Recording,

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from amulet_stream.audio.wav import write_wav
-from amulet_stream.synth.motor import Fault, generate
+from amulet_stream.synth.motor import generate
+from amulet_stream.synth.spec import Fault
 
 PEAK = r"""
 import resource, sys

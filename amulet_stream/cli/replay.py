@@ -52,7 +52,8 @@ def _check_plot(path: Path) -> None:
 
 def _demo_file(folder: Path) -> Path:
     from amulet_stream.audio.wav import write_wav
-    from amulet_stream.synth.motor import Fault, generate
+    from amulet_stream.synth.motor import generate
+    from amulet_stream.synth.spec import Fault
 
     path = folder / "demo-bearing-fault.wav"
     fault = Fault("bearing", *DEMO_FAULT, severity=0.6)

@@ -1,53 +1,17 @@
-"""The newer fault kinds and benign events of the motor-sound generator (synth.py), and inject().
-
-Each kind's level is relative to a reference: `ref`, the rms of the broadband noise floor in a
-50 Hz band (the generated motor's own, or measured on a real recording), so 'severity' means
-the same thing in generated and in real sound. Every component is zero outside its interval
-(raised-cosine ramps inside it), so a recording is untouched before and after a fault."""
+"""Which sound each newer fault kind and benign event makes, and when: speed events, envelopes."""
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import numpy.typing as npt
-from scipy.signal import butter, sosfilt, welch
 
-if TYPE_CHECKING:
-    from amulet_stream.synth.motor import Fault, Motor
-
-F32 = npt.NDArray[np.float32]
-F64 = npt.NDArray[np.float64]
-Rng = np.random.Generator
+from amulet_stream.synth.sources import FilteredNoise, Impacts, Source, Sum, Tones, Wavetable
+from amulet_stream.synth.spec import F64, Fault, Motor, Rng, Run, Scene
 
 RAMP = 0.02
 """Onset and end ramp of added sound, s: no click at the edges of an interval."""
 SPEED_EVENTS = ("stop", "speed_change")
-NOT_INJECTABLE = ("imbalance", "speed_change")
-"""Kinds that would need the recording's own rotation tones, which a real recording hides."""
-
-
-@dataclass(frozen=True)
-class Run:
-    """How a speed event changes the running motor over one block (arrays of its length)."""
-
-    lag: F64
-    """Shaft time lost against the nominal speed, s (0 outside the event)."""
-    mech: F64
-    """Level factor of the mechanical tones (rotation harmonics, fan)."""
-    elec: F64
-    """Level factor of the supply-driven tones (hum, slot tones)."""
-    noise: F64
-    """Level factor of the broadband noise."""
-
-
-class Source(Protocol):
-    """Added sound, float64, for samples first..first+n-1 of a recording; called in order."""
-
-    def __call__(self, first: int, n: int) -> F64: ...
 
 
 def _rng(seed: int, kind: str, purpose: int) -> Rng:
@@ -55,7 +19,7 @@ def _rng(seed: int, kind: str, purpose: int) -> Rng:
     return np.random.default_rng([seed, 2 << 20, zlib.crc32(kind.encode()), purpose])
 
 
-def _plateau(t: F64, start: float, end: float, t_in: float, t_out: float) -> tuple[F64, F64]:
+def plateau(t: F64, start: float, end: float, t_in: float, t_out: float) -> tuple[F64, F64]:
     """A 0..1 plateau with raised-cosine ramps over [start, end) and its integral from start, s."""
     u1 = np.clip((t - start) / t_in, 0.0, 1.0)
     u2 = np.clip((t - (end - t_out)) / t_out, 0.0, 1.0)
@@ -100,7 +64,7 @@ class SpeedEvent:
         inside = (t >= self.start) & (t < self.end)
         if not inside.any() and (self.after == 0.0 or t[-1] < self.start):
             return None
-        d, area = _plateau(t, self.start, self.end, self.t_in, self.t_out)
+        d, area = plateau(t, self.start, self.end, self.t_in, self.t_out)
         speed = 1.0 - self.depth * d
         mech, elec, noise = speed**2, np.ones_like(t), speed
         if self.stop:  # supply cut then inrush at restart; air and bearing noise fall too
@@ -116,130 +80,12 @@ class SpeedEvent:
         )
 
 
-class Impacts:
-    """Bearing impacts: impulses at `impact_hz` (1 % jitter) ringing at a housing resonance,
-    optionally load-zone modulated at `shaft_hz`; peak amplitude `peak`; streaming."""
-
-    def __init__(self, rate: int, t_start: float, impact_hz: float, peak: float, rng: Rng) -> None:
-        self.rate, self.t_start, self.impact_hz, self.peak = rate, t_start, impact_hz, peak
-        self._rng = rng
-        self.shaft_hz, self.zone_phase = 0.0, 0.0
-        tau = np.arange(int(0.006 * rate)) / rate
-        ring_hz = min(3200.0, 0.35 * rate)
-        self._ring = np.exp(-tau / 0.0012) * np.sin(2 * np.pi * ring_hz * tau)
-        self._tail = np.zeros(0)
-
-    def __call__(self, first: int, n: int) -> F64:
-        """Impacts for samples first..first+n-1, with the ringing carried over from before."""
-        out = np.zeros(n + self._ring.size)
-        out[: self._tail.size] += self._tail
-        f, t_a = self.impact_hz, self.t_start + first / self.rate
-        index = np.arange(np.ceil(t_a * f), np.ceil((t_a + n / self.rate) * f))
-        times = index / f + self._rng.normal(0.0, 0.01 / f, index.size)
-        amp = self.peak * self._rng.uniform(0.7, 1.0, index.size)
-        if self.shaft_hz:  # the defect passes through the load zone once per turn
-            zone = (1 + np.cos(2 * np.pi * self.shaft_hz * times + self.zone_phase)) / 2
-            amp *= 0.2 + 0.8 * zone**2
-        pos = np.clip(np.round((times - t_a) * self.rate).astype(np.int64), 0, n - 1)
-        np.add.at(out, pos[:, None] + np.arange(self._ring.size), amp[:, None] * self._ring)
-        self._tail = out[n:].copy()
-        return out[:n]
-
-
-class FilteredNoise:
-    """Noise in a band (Butterworth, order 2), rms `level` per 50 Hz of it, times an optional
-    `envelope(t)` of the motor's clock; streaming."""
-
-    def __init__(
-        self, rate: int, t_start: float, band: tuple[float, float], level: float, rng: Rng
-    ) -> None:
-        lo, hi = band[0] / (rate / 2), min(0.95, band[1] / (rate / 2))
-        self._sos = butter(2, [lo, hi], btype="band", output="sos")
-        self._zi = np.zeros((self._sos.shape[0], 2))
-        self.rate, self.t_start, self._rng = rate, t_start, rng
-        self.sigma = level * np.sqrt(rate / 2 / 50.0)
-        self.envelope: Callable[[F64], F64] | None = None
-
-    def __call__(self, first: int, n: int) -> F64:
-        """Filtered noise times the envelope for samples first..first+n-1."""
-        x, self._zi = sosfilt(self._sos, self.sigma * self._rng.standard_normal(n), zi=self._zi)
-        if self.envelope is not None:
-            x *= self.envelope(self.t_start + (first + np.arange(n)) / self.rate)
-        out: F64 = x
-        return out
-
-
-@dataclass(frozen=True)
-class Tones:
-    """A sum of sinusoids: frequencies (Hz), amplitudes, phases, optional slow FM; stateless."""
-
-    rate: int
-    t_start: float
-    freqs: F64
-    amps: F64
-    phases: F64
-    fm: float = 0.0
-    """Peak relative frequency deviation of the whole set (slow wander at 0.7 and 0.23 Hz)."""
-
-    def __call__(self, first: int, n: int) -> F64:
-        """The tones for samples first..first+n-1."""
-        t = self.t_start + (first + np.arange(n)) / self.rate
-        out = np.zeros(n)
-        wander = self.fm * (np.cos(2 * np.pi * 0.7 * t) / 0.7 + np.cos(2 * np.pi * 0.23 * t) / 0.46)
-        for f, a, p in zip(self.freqs, self.amps, self.phases, strict=True):
-            out += a * np.sin(2 * np.pi * f * t + p - f * wander)
-        return out
-
-
-class Wavetable:
-    """A periodic waveform (one period of `period` s sampled in `table`) played back; stateless."""
-
-    def __init__(self, rate: int, t_start: float, period: float, table: F64) -> None:
-        self.rate, self.t_start, self.period = rate, t_start, period
-        self._table = np.append(table, table[0])
-
-    def __call__(self, first: int, n: int) -> F64:
-        """The waveform for samples first..first+n-1."""
-        t = self.t_start + (first + np.arange(n)) / self.rate
-        pos = np.mod(t / self.period, 1.0) * (self._table.size - 1)
-        out: F64 = np.interp(pos, np.arange(self._table.size), self._table)
-        return out
-
-
-@dataclass(frozen=True)
-class Scene:
-    """What a fault's sound is made relative to: the motor's clock, speeds and levels."""
-
-    rate: int
-    t_start: float
-    """Time of sample 0 on the motor's clock, s (shaft and supply phases run on it)."""
-    shaft_hz: float
-    supply_hz: float
-    slots: int
-    ref: Callable[[float, float], float]
-    """rms of the broadband floor per 50 Hz within a band (lo, hi Hz)."""
-    hum: float
-    """Amplitude of the 2x-supply hum."""
-    hum_phase: float | None
-    """Its phase at t = 0 on the motor's clock, rad; None if unknown (a recording)."""
-
-
-class _Sum:
-    """The sum of sources."""
-
-    def __init__(self, *parts: Source) -> None:
-        self.parts = parts
-
-    def __call__(self, first: int, n: int) -> F64:
-        """The parts summed for samples first..first+n-1."""
-        out = np.zeros(n)
-        for part in self.parts:
-            out += part(first, n)
-        return out
-
-
 def added(fault: Fault, scene: Scene, seed: int) -> Source | None:
-    """The sound a fault or benign kind adds, before its envelope; None for the other kinds."""
+    """The sound a fault or benign kind adds, before its envelope; None for the other kinds.
+
+    Its level is relative to `scene.ref`, the rms of the broadband noise floor per 50 Hz (the
+    generated motor's own, or measured on a real recording), so 'severity' means the same thing
+    in generated and in real sound."""
     kind, sev, fr, rate, t0 = fault.kind, fault.severity, scene.shaft_hz, scene.rate, scene.t_start
     rng = _rng(seed, kind, 1)
     if kind in ("bearing", "bearing_inner"):
@@ -291,17 +137,18 @@ def added(fault: Fault, scene: Scene, seed: int) -> Source | None:
         k = np.arange(1, 7)
         freqs = np.append(k * f_m, 9 * f_m)
         amps = 2.5 * sev * scene.ref(20.0, 500.0) * np.append(1.0 / k, 0.5)
-        return _Sum(rumble, Tones(rate, t0, freqs, amps, rng.uniform(0, 2 * np.pi, freqs.size)))
+        return Sum(rumble, Tones(rate, t0, freqs, amps, rng.uniform(0, 2 * np.pi, freqs.size)))
     return None
 
 
 def envelope(fault: Fault, t: F64) -> F64:
-    """The level over time (0 outside the interval) of the sound a kind adds, `t` in s."""
+    """The level over time of the sound a kind adds, `t` in s: raised-cosine ramps inside the
+    interval and 0 outside it, so a recording is untouched before and after a fault."""
     if fault.kind == "background":  # passes by: a smooth bell over the interval
         u = np.clip((t - fault.start) / (fault.end - fault.start), 0.0, 1.0)
         return np.sin(np.pi * u) ** 2
     ramp = min(RAMP, (fault.end - fault.start) / 4)
-    d, _ = _plateau(t, fault.start, fault.end, ramp, ramp)
+    d, _ = plateau(t, fault.start, fault.end, ramp, ramp)
     return np.where((t >= fault.start) & (t < fault.end), d, 0.0)
 
 
@@ -309,7 +156,7 @@ def level_gain(fault: Fault, t: F64, seed: int) -> F64:
     """'level_change': overall gain factor at recording times `t` (s), +-6 dB x severity."""
     sign = 1.0 if _rng(seed, fault.kind, 0).uniform() < 0.5 else -1.0
     ramp = min(0.3, (fault.end - fault.start) / 4)
-    d, _ = _plateau(t, fault.start, fault.end, ramp, ramp)
+    d, _ = plateau(t, fault.start, fault.end, ramp, ramp)
     inside = (t >= fault.start) & (t < fault.end)
     return np.where(inside, 10.0 ** (sign * 6.0 * fault.severity * d / 20.0), 1.0)
 
@@ -337,58 +184,3 @@ class Effect:
         if self._added is None:
             return block
         return block + envelope(self.fault, t) * self._added(first, t.size)
-
-
-def _floor(freqs: F64, psd: F64, rate: int) -> Callable[[float, float], float]:
-    """A recording's broadband floor: rms per 50 Hz within a band (lo, hi Hz), from the median
-    of its power spectral density there (tones do not count)."""
-
-    def ref(lo: float, hi: float) -> float:
-        band = (freqs >= lo) & (freqs <= min(hi, 0.45 * rate))
-        return float(np.sqrt(np.median(psd[band]) * 50.0)) if band.any() else 0.0
-
-    return ref
-
-
-def inject(
-    samples: F32,
-    rate: int,
-    fault: Fault,
-    seed: int = 0,
-    shaft_hz: float = 24.5,
-    supply_hz: float = 50.0,
-) -> F32:
-    """A copy of float32 mono `samples` at `rate` Hz with `fault` in it; outside the fault's
-    interval the samples are returned unchanged.
-
-    Levels are relative to the recording's own (its noise floor, its hum); `shaft_hz` and
-    `supply_hz` are the rotation and supply frequencies assumed for the recorded motor.
-    'stop' fades the recording to a residual level (-40 dB x severity) and back."""
-    if fault.kind in NOT_INJECTABLE:
-        raise ValueError(f"{fault.kind!r} cannot be injected into a recording (needs its rotation)")
-    x = np.asarray(samples, dtype=np.float64)
-    if x.ndim != 1 or x.size == 0:
-        raise ValueError(f"inject needs mono samples, got shape {x.shape}")
-    t = np.arange(x.size) / rate
-    inside = (t >= fault.start) & (t < fault.end)
-    if not inside.any():
-        raise ValueError(
-            f"fault {fault.start}..{fault.end} s is outside the {t[-1]:.2f} s recording"
-        )
-    if fault.kind == "stop":
-        length = fault.end - fault.start
-        d, _ = _plateau(t, fault.start, fault.end, min(0.3 * length, 1.0), min(0.3 * length, 0.5))
-        y = x * 10.0 ** (-40.0 * fault.severity * d / 20.0)
-    elif fault.kind == "level_change":
-        y = x * level_gain(fault, t, seed)
-    else:
-        freqs, psd = welch(x, rate, nperseg=min(x.size, rate // 4))
-        near_hum = np.abs(freqs - 2 * supply_hz) <= 8.0
-        hum = float(np.sqrt(2 * psd[near_hum].sum() * (freqs[1] - freqs[0])))
-        scene = Scene(rate, 0.0, shaft_hz, supply_hz, 36, _floor(freqs, psd, rate), hum, None)
-        source = added(fault, scene, seed)
-        if source is None:
-            raise ValueError(f"{fault.kind!r} adds no sound")
-        y = x + envelope(fault, t) * source(0, x.size)
-    out: F32 = np.where(inside, y, x).astype(np.float32)
-    return out

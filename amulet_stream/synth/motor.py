@@ -1,96 +1,19 @@
-"""Deterministic generator of electric-motor sound, healthy or with a fault, for demos and tests.
-
-One generator for everything: the demo, the tests, the shipped model's training audio and the
-fault corpus of the evaluation. The healthy sound and the 'bearing' and 'imbalance' faults are
-frozen (same arguments, same bits); the other kinds live in synth_faults.py."""
+"""The motor's sound, healthy or with a fault: generate() and generate_blocks(), float32 mono."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 from scipy.signal import butter, lfilter, lfilter_zi
 
 from amulet_stream.audio.resample import StreamResampler
-from amulet_stream.synth import faults as synth_faults
-from amulet_stream.synth.faults import Run
+from amulet_stream.synth.faults import Effect
+from amulet_stream.synth.spec import F32, F64, NOMINAL_LOAD, Fault, Motor, Run, Scene
 
-F32 = npt.NDArray[np.float32]
-F64 = npt.NDArray[np.float64]
 Gain = F64 | float
-
-FAULTS = (
-    "bearing",
-    "imbalance",
-    "stop",
-    "bearing_inner",
-    "looseness",
-    "whine",
-    "rubbing",
-    "electrical",
-)
-"""Faults, a detector should alarm: outer-race bearing impacts (3.58 x rotation, ringing at
-3.2 kHz); imbalance (1x, 2x raised); stop (run-down, restart); inner-race impacts (5.42 x
-rotation, load-zone modulated once per turn); looseness (orders 0.5x..20x); whine (a tone at
-1.5..4.5 kHz); rubbing (broadband bursts once per turn); electrical (2x-supply hum raised,
-sidebands at +-2x supply)."""
-BENIGN = ("speed_change", "level_change", "background")
-"""No fault, a detector should stay quiet: speed up or down by 3 % x severity and back; gain
-+-6 dB x severity (a moved microphone); a low rumble passing by and a distant machine."""
-KINDS = FAULTS + BENIGN
 MASTER_RATE = 48000
-NOMINAL_LOAD = 0.75
-"""The load at which the motor sounds exactly like the frozen healthy sound."""
-
-
-@dataclass(frozen=True)
-class Motor:
-    """A motor's acoustic signature; frequencies in Hz, levels in full-scale amplitude."""
-
-    rpm: float = 1470.0
-    supply_hz: float = 50.0
-    slots: int = 36
-    fan_blades: int = 8
-    noise_rms: float = 0.02
-    hum: float = 0.06
-    rotation: float = 0.04
-    phase_seed: int = 7
-    """Fixes the phases of the motor's tones relative to each other."""
-    load: float = NOMINAL_LOAD
-    """Fraction of rated load, 0..1: more load, louder slot tones and a little more hum."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.load <= 1.0:
-            raise ValueError(f"load {self.load} must be within 0..1 (fraction of rated load)")
-        if self.rpm <= 0 or self.supply_hz <= 0:
-            raise ValueError(f"rpm {self.rpm} and supply_hz {self.supply_hz} must be positive")
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A fault (or, for a kind in BENIGN, a harmless event) from `start` to `end` seconds.
-
-    `severity` 0..1: about 0.2 is mild (subtle), 0.5 moderate, 1 severe."""
-
-    kind: str
-    start: float
-    end: float
-    severity: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown fault {self.kind!r} (known: {', '.join(KINDS)})")
-        if not 0.0 <= self.severity <= 1.0:
-            raise ValueError(f"severity {self.severity} must be within 0..1")
-        if not 0.0 <= self.start < self.end:
-            raise ValueError(f"fault interval {self.start}..{self.end} s is empty or negative")
-
-    @property
-    def is_fault(self) -> bool:
-        """False for the benign kinds."""
-        return self.kind in FAULTS
+"""Rate the sound is made at, Hz, before it is resampled to the rate asked for."""
 
 
 def _load_gains(load: float) -> tuple[float, float]:
@@ -174,7 +97,9 @@ def generate_blocks(
     """Yield float32 mono blocks of motor sound at `rate`; same arguments, same samples.
 
     The sound is made at 48 kHz in one-second blocks and resampled, so its spectrum does not
-    depend on `rate` and memory stays bounded however long the recording."""
+    depend on `rate` and memory stays bounded however long the recording. The healthy sound and
+    the 'bearing' and 'imbalance' faults are frozen (same arguments, same bits); the other kinds
+    are made in faults.py."""
     resampler = StreamResampler(MASTER_RATE, rate)
     for block in _master_blocks(seconds, seed, motor or Motor(), fault):
         out = resampler.process(block)
@@ -197,7 +122,7 @@ def _master_blocks(seconds: float, seed: int, motor: Motor, fault: Fault | None)
     # the newer kinds: their own random streams, so the frozen sound is left untouched
     effect = None
     if fault is not None and fault.kind not in ("bearing", "imbalance"):
-        effect = synth_faults.Effect(fault, motor, _scene(motor, rate, t0, phases), seed)
+        effect = Effect(fault, motor, _scene(motor, rate, t0, phases), seed)
     total = round(seconds * rate)
     for index, start in enumerate(range(0, total, rate)):
         n = min(rate, total - start)
@@ -220,10 +145,10 @@ def _master_blocks(seconds: float, seed: int, motor: Motor, fault: Fault | None)
         yield block.astype(np.float32)
 
 
-def _scene(motor: Motor, rate: int, t0: float, phases: F64) -> synth_faults.Scene:
+def _scene(motor: Motor, rate: int, t0: float, phases: F64) -> Scene:
     """What the newer kinds' sound is made relative to in generated sound."""
     floor = motor.noise_rms * 5.0 * np.sqrt(50.0 / (MASTER_RATE / 2))  # white noise, then band
-    return synth_faults.Scene(
+    return Scene(
         rate=rate,
         t_start=t0,
         shaft_hz=motor.rpm / 60.0,
@@ -244,7 +169,3 @@ def generate(
 ) -> F32:
     """The whole signal of generate_blocks as one float32 array."""
     return np.concatenate(list(generate_blocks(seconds, rate, seed, motor, fault)))
-
-
-inject = synth_faults.inject
-"""A copy of a real recording with a fault in it (synth_faults.inject): the corpus's entry."""
