@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from amulet_stream.audio.sources import Block
-from amulet_stream.audio.wav import write_wav
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.scoring.model import Model, default_model_path
 from amulet_stream.scoring.pipeline import StreamPipeline
 from amulet_stream.synth.motor import generate

@@ -52,7 +52,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from streams import free_port, machine, proc_cpu, status
 
-from amulet_stream.audio.wav import write_wav
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.synth.motor import generate
 from amulet_stream.synth.spec import Fault
 

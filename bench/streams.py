@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from amulet_stream.audio.wav import write_wav
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.scoring.model import default_model_path
 from amulet_stream.synth.motor import generate
 

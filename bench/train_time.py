@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from amulet_stream.audio.wav import write_wav
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.synth.motor import generate
 
 

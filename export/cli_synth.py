@@ -11,7 +11,8 @@ from .errors import EXIT_OK
 
 def _synth(args: argparse.Namespace) -> int:
     """Generate and write in one-second blocks: memory stays flat however long the audio."""
-    from amulet_stream.audio.wav import RATES, write_wav_blocks
+    from amulet_stream.audio.wav import RATES
+    from amulet_stream.audio.wav_write import write_wav_blocks
     from amulet_stream.synth.motor import generate_blocks
     from amulet_stream.synth.spec import F32, Fault, Motor
 

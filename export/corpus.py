@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from amulet_stream.audio.wav import write_wav, write_wav_blocks
+from amulet_stream.audio.wav_write import write_wav, write_wav_blocks
 from amulet_stream.synth.motor import generate_blocks
 from amulet_stream.synth.recordings import inject
 from amulet_stream.synth.spec import BENIGN, FAULTS, NOT_INJECTABLE, Fault, Motor

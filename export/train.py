@@ -15,10 +15,10 @@ import numpy as np
 from amulet_stream.audio.sources import FileSource
 from amulet_stream.audio.wav import WavError, read_info
 from amulet_stream.scoring.features import PROFILES, Profile
-from amulet_stream.scoring.integrity import block_levels, level_summary
+from amulet_stream.scoring.levels import block_levels, level_summary
 from amulet_stream.scoring.model import Model
 from amulet_stream.scoring.pipeline import StreamPipeline, replay
-from amulet_stream.scoring.pipeline import verdict as pipeline_verdict
+from amulet_stream.scoring.records import verdict as pipeline_verdict
 
 from . import dataset, linear, onnx_io, outdir, plots, threshold
 from .errors import InputError

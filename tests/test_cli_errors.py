@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amulet_stream.audio.wav import write_wav
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.synth.motor import generate
 
 BIN = Path(sys.executable).parent / "amulet-stream"

@@ -21,7 +21,8 @@ from amulet_stream.audio.wav import iter_blocks, read_info
 from amulet_stream.outputs.clip_store import CLIP_NAME, ClipSettings, ClipStore
 from amulet_stream.outputs.clips import ClipRecorder
 from amulet_stream.scoring.model import Model
-from amulet_stream.scoring.pipeline import StreamPipeline, utc_iso
+from amulet_stream.scoring.pipeline import StreamPipeline
+from amulet_stream.scoring.records import utc_iso
 from amulet_stream.synth.motor import generate
 from amulet_stream.synth.spec import Fault
 

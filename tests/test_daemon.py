@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amulet_stream.audio.wav import read_info, write_wav
+from amulet_stream.audio.wav import read_info
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.scoring.model import BATCH, Model, default_model_path
 from amulet_stream.synth.motor import generate
 from amulet_stream.synth.spec import Fault

@@ -18,7 +18,8 @@ from amulet_export.errors import InputError
 from amulet_export.onnx_io import ort_scores
 from amulet_export.verify import verify
 from amulet_stream.audio.sources import FileSource
-from amulet_stream.audio.wav import read_info, write_wav
+from amulet_stream.audio.wav import read_info
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.scoring.features import MFCC_IMAGE_V1, PROFILES, dct2_matrix
 from amulet_stream.scoring.frames import VectorStream
 from amulet_stream.scoring.model import INPUT_NAME, OUTPUT_NAME, Model

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from amulet_export.evaluate import Scored, alert_windows, auc, detect
-from amulet_stream.audio.wav import write_wav
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.scoring.detector import ANOMALY, Detector, DetectorSettings
 from amulet_stream.synth.motor import generate
 

@@ -29,7 +29,8 @@ from typing import Any
 import pytest
 from hypothesis import strategies as st
 
-from amulet_stream.audio.wav import MAX_CHANNELS, RATES, write_wav
+from amulet_stream.audio.wav import MAX_CHANNELS, RATES
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.service.config import Config, load
 from amulet_stream.service.config_keys import TYPES, ConfigError
 from amulet_stream.synth.motor import generate

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from amulet_stream.audio.wav import write_wav
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.cli.main import main
 from amulet_stream.scoring.model import Model, default_model_path
 from amulet_stream.scoring.model_meta import ModelError

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from amulet_stream.audio.wav import write_wav
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.outputs.metrics import Metrics
 from amulet_stream.synth.motor import generate
 from amulet_stream.synth.spec import Fault

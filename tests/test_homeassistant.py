@@ -314,7 +314,7 @@ def test_daemon_streams_appear_alert_and_are_pruned(
     """The real daemon with two [[stream]]s (a wav with a fault from 3 s, played in real time):
     both anomaly sensors turn on; a clean exit makes them unavailable; a restart without one
     stream removes that stream's entities."""
-    from amulet_stream.audio.wav import write_wav
+    from amulet_stream.audio.wav_write import write_wav
     from amulet_stream.synth.motor import generate
     from amulet_stream.synth.spec import Fault
 

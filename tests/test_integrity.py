@@ -11,15 +11,8 @@ import pytest
 
 from amulet_stream.audio.sources import FileSource
 from amulet_stream.audio.wav import read_info
-from amulet_stream.scoring.integrity import (
-    REASONS,
-    Change,
-    IntegrityCheck,
-    IntegritySettings,
-    block_levels,
-    level_range,
-    level_summary,
-)
+from amulet_stream.scoring.integrity import REASONS, Change, IntegrityCheck, IntegritySettings
+from amulet_stream.scoring.levels import block_levels, level_range, level_summary
 from amulet_stream.synth.motor import generate
 
 F32 = npt.NDArray[np.float32]

@@ -11,9 +11,11 @@ import pytest
 
 from amulet_export.cli import main as export_main
 from amulet_stream.audio.sources import FileSource
-from amulet_stream.audio.wav import iter_blocks, read_info, write_wav
+from amulet_stream.audio.wav import iter_blocks, read_info
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.cli.main import main as stream_main
-from amulet_stream.scoring.integrity import IntegrityCheck, level_range
+from amulet_stream.scoring.integrity import IntegrityCheck
+from amulet_stream.scoring.levels import level_range
 from amulet_stream.scoring.model import Model, default_model_path
 from amulet_stream.synth.motor import generate
 

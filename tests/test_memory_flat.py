@@ -11,7 +11,7 @@ import pytest
 from amulet_stream.outputs.mqtt.settings import MqttSettings
 from amulet_stream.outputs.mqtt.sink import MqttSink
 from amulet_stream.scoring.model import Model, default_model_path
-from amulet_stream.scoring.pipeline import StreamStats
+from amulet_stream.scoring.records import StreamStats
 from amulet_stream.service.config import Config
 from amulet_stream.service.sinks import Sinks
 

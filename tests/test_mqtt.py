@@ -18,7 +18,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from amulet_stream.audio.wav import write_wav
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.outputs.mqtt.homeassistant import StreamTopics, discovery_configs
 from amulet_stream.outputs.mqtt.outbox import Message, Outbox
 from amulet_stream.outputs.mqtt.settings import MqttConfigError, MqttSettings

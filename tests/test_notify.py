@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from amulet_stream.audio.wav import write_wav
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.service.notify import Notifier
 from amulet_stream.synth.motor import generate
 

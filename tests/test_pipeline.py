@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from amulet_stream.audio.sources import Block
-from amulet_stream.audio.wav import write_wav
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.scoring.model import Model, default_model_path
 from amulet_stream.scoring.pipeline import StreamPipeline
 from amulet_stream.synth.motor import generate

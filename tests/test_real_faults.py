@@ -18,7 +18,8 @@ import pytest
 from amulet_export.corpus import real_corpus
 from amulet_export.train import train
 from amulet_export.train_config import TrainConfig
-from amulet_stream.audio.wav import iter_blocks, read_info, write_wav
+from amulet_stream.audio.wav import iter_blocks, read_info
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.scoring.features import DEFAULT_PROFILE
 from amulet_stream.synth.recordings import inject
 from amulet_stream.synth.spec import Fault

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amulet_stream.audio.wav import write_wav
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.synth.motor import generate
 from amulet_stream.synth.spec import Fault
 
@@ -241,7 +241,7 @@ def test_output_into_a_closed_pipe_is_quiet(fault_wav: Path) -> None:
 
 
 def test_a_recording_with_nothing_scorable_is_never_good(tmp_path: Path) -> None:
-    from amulet_stream.audio.wav import FloatWavWriter
+    from amulet_stream.audio.wav_write import FloatWavWriter
 
     path = tmp_path / "nan.wav"
     with path.open("wb") as fh:
@@ -259,7 +259,7 @@ def test_a_recording_with_nothing_scorable_is_never_good(tmp_path: Path) -> None
 
 
 def test_scattered_infinities_are_an_input_problem_not_good(tmp_path: Path) -> None:
-    from amulet_stream.audio.wav import FloatWavWriter
+    from amulet_stream.audio.wav_write import FloatWavWriter
 
     x = generate(6.0, 16000, seed=3)
     x[2 * 16000 : 4 * 16000 : 2000] = np.inf  # a broken converter, for 2 s

@@ -27,7 +27,7 @@ import numpy.typing as npt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from amulet_stream.audio.wav import FloatWavWriter, write_wav
+from amulet_stream.audio.wav_write import FloatWavWriter, write_wav
 from amulet_stream.synth.motor import generate
 from amulet_stream.synth.spec import Fault
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amulet_stream.audio.wav import write_wav
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.http.server import parse_address
 from amulet_stream.outputs.clip_store import ClipSettings, ClipStore
 from amulet_stream.synth.motor import generate

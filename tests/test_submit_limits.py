@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from amulet_stream.audio.wav import write_wav
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.http.server import App, BasicAuth, serve
 from amulet_stream.http.submit import SubmitLimits
 from amulet_stream.outputs.metrics import Metrics

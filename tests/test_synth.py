@@ -10,13 +10,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from amulet_stream.audio.wav import (
-    iter_blocks,
-    read_info,
-    select_channel,
-    write_wav,
-    write_wav_blocks,
-)
+from amulet_stream.audio.wav import iter_blocks, read_info, select_channel
+from amulet_stream.audio.wav_write import write_wav, write_wav_blocks
 from amulet_stream.synth.motor import generate, generate_blocks
 from amulet_stream.synth.recordings import inject
 from amulet_stream.synth.spec import BENIGN, FAULTS, KINDS, NOT_INJECTABLE, Fault, Motor

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from amulet_stream.audio.wav import write_wav
+from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.synth.motor import generate
 from amulet_stream.synth.spec import Fault
 

@@ -325,7 +325,7 @@ def _stage(tmp: Path) -> Path:
     if hidden:  # ProtectHome=yes hides this Python; a real install lives in /opt
         dropin += ["ProtectHome=tmpfs", "BindReadOnlyPaths=" + " ".join(map(str, hidden))]
     (units / "amulet-stream.service.d" / "test.conf").write_text("\n".join(dropin) + "\n")
-    from amulet_stream.audio.wav import write_wav
+    from amulet_stream.audio.wav_write import write_wav
     from amulet_stream.synth.motor import generate
 
     write_wav(payload / "m1.wav", generate(30.0, 16000, seed=1), 16000)

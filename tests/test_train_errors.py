@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from amulet_export.cli import main
-from amulet_stream.audio.wav import write_wav
+from amulet_stream.audio.wav_write import write_wav
 
 BIN = Path(sys.executable).parent
 MODEL = Path(__file__).resolve().parents[1] / "models" / "default.onnx"

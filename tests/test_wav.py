@@ -8,14 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amulet_stream.audio.wav import (
-    FloatWavWriter,
-    WavError,
-    iter_blocks,
-    read_info,
-    select_channel,
-    write_wav,
-)
+from amulet_stream.audio.wav import WavError, iter_blocks, read_info, select_channel
+from amulet_stream.audio.wav_write import FloatWavWriter, write_wav
 
 
 def _wav(path: Path, data: bytes, tag: int, channels: int, rate: int, bits: int) -> Path:

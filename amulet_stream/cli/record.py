@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 from amulet_stream.audio.settings import SourceConfig
 from amulet_stream.audio.sources import DeviceSource
-from amulet_stream.audio.wav import MAX_DATA_BYTES, FloatWavWriter
+from amulet_stream.audio.wav_write import MAX_DATA_BYTES, FloatWavWriter
 from amulet_stream.cli.options import EXIT_OK, UsageError, check_buffer, flagged
 from amulet_stream.cli.record_settings import (
     RecordError,

@@ -25,9 +25,11 @@ from amulet_stream.cli.options import (
 )
 from amulet_stream.outputs.jsonl import JsonLines, Progress, amulet_json
 from amulet_stream.scoring.detector import effective_threshold
-from amulet_stream.scoring.integrity import IntegrityCheck, level_range
+from amulet_stream.scoring.integrity import IntegrityCheck
+from amulet_stream.scoring.levels import level_range
 from amulet_stream.scoring.model import Model
-from amulet_stream.scoring.pipeline import Record, StreamPipeline
+from amulet_stream.scoring.pipeline import StreamPipeline
+from amulet_stream.scoring.records import Record
 from amulet_stream.service.config import Config
 from amulet_stream.service.sinks import Sinks
 from amulet_stream.service.startup import state_dir
@@ -51,7 +53,7 @@ def _check_plot(path: Path) -> None:
 
 
 def _demo_file(folder: Path) -> Path:
-    from amulet_stream.audio.wav import write_wav
+    from amulet_stream.audio.wav_write import write_wav
     from amulet_stream.synth.motor import generate
     from amulet_stream.synth.spec import Fault
 

@@ -18,17 +18,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from amulet_stream.http.conn import IDLE_SECONDS, MAX_CONNECTIONS, RETRY_AFTER, Server
 from amulet_stream.http.security import BasicAuth, ListenError, ListenerSecurity
-from amulet_stream.http.submit import (
+from amulet_stream.http.submit import SUBMIT_LIMIT, SubmitLimits, score_upload, upload_file
+from amulet_stream.http.upload import (
     RAW_TYPES,
-    SUBMIT_LIMIT,
     Body,
     SubmitError,
-    SubmitLimits,
     body_length,
     content_type,
     save_upload,
-    score_upload,
-    upload_file,
 )
 from amulet_stream.outputs.metrics import Metrics
 from amulet_stream.scoring.detector import DetectorSettings

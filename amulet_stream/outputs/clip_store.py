@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from amulet_stream.audio.wav import FloatWavWriter, WavError
+from amulet_stream.audio.wav import WavError
+from amulet_stream.audio.wav_write import FloatWavWriter
 from amulet_stream.files import make_private_dirs, private_fd
 
 _LOGGER = logging.getLogger(__name__)

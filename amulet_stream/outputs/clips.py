@@ -23,7 +23,7 @@ import numpy.typing as npt
 from amulet_stream import __version__
 from amulet_stream.audio.wav import WavError
 from amulet_stream.outputs.clip_store import ClipFile, ClipStore
-from amulet_stream.scoring.pipeline import utc_iso
+from amulet_stream.scoring.records import utc_iso
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from amulet_stream.scoring.levels import BLOCK_SECONDS, CHUNK, Blocker, block_size, measure
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -30,13 +30,6 @@ REASONS = (
     "level_high",
 )
 """Input problems, highest priority first: when several hold, the first one is reported."""
-BLOCK_SECONDS = 0.25
-FULL_SCALE = 0.999
-"""|x| at or above this counts as clipped (16-bit +32767 is 0.99997)."""
-RMS_FLOOR = 1e-6
-"""RMS floor: digital zeros read -120 dBFS, as the level metric does."""
-_CHUNK = 64
-"""Blocks judged per vectorised step: bounds the scratch memory of a long push."""
 _SPANS = 4096
 """Troubled block spans kept for troubled(): old ones are forgotten beyond this many."""
 
@@ -87,104 +80,6 @@ class Change:
     """Human text, e.g. 'digital zeros (RMS -120 dBFS) for 1.0 s'."""
 
 
-def block_size(rate: int) -> int:
-    """Samples in one analysis block (0.25 s) at `rate` Hz."""
-    return max(1, round(rate * BLOCK_SECONDS))
-
-
-def _dbfs(rms: F64) -> F64:
-    """RMS (linear, full scale 1) -> dBFS, floored at -120."""
-    return np.asarray(20.0 * np.log10(np.maximum(rms, RMS_FLOOR)), np.float64)
-
-
-@dataclass(frozen=True)
-class _Stats:
-    """Per-block measurements of nb whole blocks: arrays (nb,)."""
-
-    valid: npt.NDArray[np.bool_]
-    """The block holds at least one finite sample (its level means something)."""
-    nonfinite: npt.NDArray[np.bool_]
-    """The block holds NaN or infinite samples (a broken source or file)."""
-    rms_dbfs: F64
-    mean: F64
-    clipped: F64
-    """Fraction of finite samples at |x| >= FULL_SCALE."""
-
-
-def _measure(blocks: F32) -> _Stats:
-    """Level, mean and clipped fraction of each row of (nb, n) samples, NaN/inf left out."""
-    finite = np.isfinite(blocks)
-    if finite.all():
-        count = np.full(blocks.shape[0], blocks.shape[1], np.float64)
-        v = blocks.astype(np.float64)
-    else:
-        count = finite.sum(axis=1).astype(np.float64)
-        v = np.where(finite, blocks, 0.0).astype(np.float64)
-    n = np.maximum(count, 1.0)
-    rms = np.sqrt((v * v).sum(axis=1) / n)
-    clipped = (np.abs(v) >= FULL_SCALE).sum(axis=1) / n
-    return _Stats(count > 0, count < blocks.shape[1], _dbfs(rms), v.sum(axis=1) / n, clipped)
-
-
-class _Blocker:
-    """Samples of any length -> whole blocks (nb, n), in order; keeps the partial tail."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self._tail = np.zeros(0, np.float32)
-
-    def push(self, samples: F32) -> F32:
-        """Add mono samples; return the blocks (nb, n) they completed."""
-        x = np.asarray(samples, dtype=np.float32)
-        if x.ndim != 1:
-            raise ValueError(f"integrity checks take mono samples, got shape {x.shape}")
-        data = np.concatenate([self._tail, x]) if self._tail.size else x
-        nb = data.size // self.n
-        self._tail = data[nb * self.n :].copy()
-        return data[: nb * self.n].reshape(nb, self.n)
-
-
-def block_levels(blocks: Iterable[F32], rate: int) -> F64:
-    """RMS in dBFS (floor -120) of every whole 0.25 s block of a mono stream given in pieces of
-    any length at `rate` Hz, NaN/inf left out (blocks without a finite sample skipped)."""
-    blocker = _Blocker(block_size(rate))
-    out: list[F64] = []
-    for piece in blocks:
-        whole = blocker.push(piece)
-        for i in range(0, whole.shape[0], _CHUNK):
-            stats = _measure(whole[i : i + _CHUNK])
-            out.append(stats.rms_dbfs[stats.valid])
-    return np.concatenate(out) if out else np.zeros(0, np.float64)
-
-
-def level_summary(levels: F64) -> dict[str, float]:
-    """Distribution of block levels (dBFS) as stored in a model: p1, p50, p99, min, max (0.1 dB)."""
-    if levels.size == 0:
-        raise ValueError("no whole 0.25 s block of audio to measure the input level on")
-    p1, p50, p99 = np.percentile(levels, [1.0, 50.0, 99.0])
-    values = {"p1": p1, "p50": p50, "p99": p99, "min": levels.min(), "max": levels.max()}
-    return {k: round(float(v), 1) for k, v in values.items()}
-
-
-def level_range(meta_raw: dict[str, Any]) -> tuple[float, float] | None:
-    """(p1, p99) dBFS of the model's training audio from its metadata; None for models
-    without it (older models, AMULET imports). Raises ValueError when it is malformed."""
-    doc = meta_raw.get("input_level_dbfs")
-    if doc is None:
-        return None
-    lo = doc.get("p1") if isinstance(doc, dict) else None
-    hi = doc.get("p99") if isinstance(doc, dict) else None
-    if (
-        isinstance(lo, (int, float))
-        and isinstance(hi, (int, float))
-        and math.isfinite(lo)
-        and math.isfinite(hi)
-        and lo <= hi
-    ):
-        return float(lo), float(hi)
-    raise ValueError(f"input_level_dbfs in the model metadata needs numbers p1 <= p99, got {doc!r}")
-
-
 class IntegrityCheck:
     """Judges mono float32 audio at `rate` Hz in 0.25 s analysis blocks anchored at the stream's
     first sample. Results do not depend on how the samples are split into pushes.
@@ -210,7 +105,7 @@ class IntegrityCheck:
         self._need = max(1, math.ceil(s.problem_seconds / BLOCK_SECONDS - 1e-9))
         self._clear = max(1, math.ceil(s.clear_seconds / BLOCK_SECONDS - 1e-9))
         self._dropout = max(1, round(s.dropout_ms * rate / 1000.0))
-        self._blocker = _Blocker(self.block)
+        self._blocker = Blocker(self.block)
         self._zero_run = 0  # exact zeros at the end of the judged audio
         self._blocks = 0  # blocks judged
         self.problem: str | None = None
@@ -233,8 +128,8 @@ class IntegrityCheck:
         (from the stream start) where each takes effect: the end of the block that decided it."""
         whole = self._blocker.push(samples)
         changes: list[tuple[int, Change]] = []
-        for i in range(0, whole.shape[0], _CHUNK):
-            changes += self._judge(whole[i : i + _CHUNK])
+        for i in range(0, whole.shape[0], CHUNK):
+            changes += self._judge(whole[i : i + CHUNK])
         return changes
 
     def troubled(self, start: int, end: int) -> bool:
@@ -270,7 +165,7 @@ class IntegrityCheck:
     def _judge(self, blocks: F32) -> list[tuple[int, Change]]:
         """State changes from whole blocks (nb, n)."""
         nb, s = blocks.shape[0], self.settings
-        stats = _measure(blocks)
+        stats = measure(blocks)
         has_gap, gaps = self._gaps(blocks.reshape(-1), nb)
         db = stats.rms_dbfs
         lo, hi = self.level_range or (-math.inf, math.inf)

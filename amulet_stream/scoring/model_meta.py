@@ -10,7 +10,7 @@ from typing import Any
 
 from amulet_stream.audio.wav import RATES
 from amulet_stream.scoring.features import MFCC_IMAGE, Profile, ProfileError, profile_from_dict
-from amulet_stream.scoring.integrity import level_range
+from amulet_stream.scoring.levels import level_range
 
 FORMAT_VERSION = 1
 META_KEY = "amulet"

@@ -27,25 +27,16 @@ from amulet_stream.outputs.clip_store import ClipStore
 from amulet_stream.outputs.clips import ClipRecorder
 from amulet_stream.outputs.jsonl import JsonLines
 from amulet_stream.scoring.detector import effective_threshold
-from amulet_stream.scoring.integrity import IntegrityCheck, level_range
-from amulet_stream.scoring.pipeline import F32, Record, StreamPipeline
+from amulet_stream.scoring.integrity import IntegrityCheck
+from amulet_stream.scoring.levels import level_range
+from amulet_stream.scoring.pipeline import F32, StreamPipeline
+from amulet_stream.scoring.records import Record
 from amulet_stream.service.config import Config
-from amulet_stream.service.feeds import (
-    Opened,
-    Stream,
-    source_name,
-    status_line,
-    windows_scored,
-)
+from amulet_stream.service.feeds import Opened, Stream, source_name, status_line, windows_scored
 from amulet_stream.service.notify import Heartbeat, Notifier
 from amulet_stream.service.reload import reread
 from amulet_stream.service.sinks import Sinks
-from amulet_stream.service.startup import (
-    Models,
-    check_sources,
-    state_dir,
-    with_client_id,
-)
+from amulet_stream.service.startup import Models, check_sources, state_dir, with_client_id
 from amulet_stream.service.supervisor import EXIT_OK, Supervisor
 
 _LOGGER = logging.getLogger(__name__)

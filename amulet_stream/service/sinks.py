@@ -16,7 +16,7 @@ from amulet_stream.outputs.jsonl import JsonLines
 from amulet_stream.outputs.metrics import Metrics
 from amulet_stream.outputs.mqtt.sink import MqttSink
 from amulet_stream.scoring.model import Model
-from amulet_stream.scoring.pipeline import Record, StreamStats
+from amulet_stream.scoring.records import Record, StreamStats
 from amulet_stream.service.config import Config
 
 _LOGGER = logging.getLogger(__name__)

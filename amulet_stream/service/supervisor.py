@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from amulet_stream.scoring.pipeline import utc_iso
+from amulet_stream.scoring.records import utc_iso
 from amulet_stream.service.feeds import EOF, Feed, Stream, feed_key
 from amulet_stream.service.settings import DaemonConfig
 from amulet_stream.service.sinks import Sinks

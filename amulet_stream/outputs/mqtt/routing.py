@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from amulet_stream import __version__
-from amulet_stream.scoring.pipeline import utc_iso
+from amulet_stream.scoring.records import utc_iso
 
 STATES = ("normal", "anomaly", "input_problem", "down")
 """Events published as the stream's retained state and as an alert."""
