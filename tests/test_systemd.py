@@ -317,13 +317,13 @@ def _stage(tmp: Path) -> Path:
         "StandardOutput=append:/run/amulet-test/stdout.log",
         "StandardError=append:/run/amulet-test/stderr.log",
     ]
-    hidden = [
-        p
-        for p in {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), ROOT}
-        if p.parts[1:2] in (("root",), ("home",))
-    ]
-    if hidden:  # ProtectHome=yes hides this Python; a real install lives in /opt
-        dropin += ["ProtectHome=tmpfs", "BindReadOnlyPaths=" + " ".join(map(str, hidden))]
+    used = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), ROOT}
+    home = [p for p in used if p.parts[1:2] in (("root",), ("home",))]
+    tmp = [p for p in used if p.parts[1:2] == ("tmp",) or p.parts[1:3] == ("var", "tmp")]
+    if home:  # ProtectHome=yes hides this Python; a real install lives in /opt
+        dropin.append("ProtectHome=tmpfs")
+    if home or tmp:  # and PrivateTmp=yes gives the unit an empty /tmp: a clone there binds in
+        dropin.append("BindReadOnlyPaths=" + " ".join(map(str, sorted(home + tmp))))
     (units / "amulet-stream.service.d" / "test.conf").write_text("\n".join(dropin) + "\n")
     from amulet_stream.audio.wav_write import write_wav
     from amulet_stream.synth.motor import generate
