@@ -141,8 +141,15 @@ mkdir -p /run/systemd/system /run/amulet-test
 cp -r "$STAGE/units/." /run/systemd/system/
 cp -r "$STAGE/payload/." /run/amulet-test/
 chmod -R a+rX /run/amulet-test
+KEEP=$(cat "$STAGE/keep")  # a clone and venv under /tmp or /var stay visible
+i=0; for p in $KEEP; do
+  mkdir -p "/run/amulet-keep/$i" && mount --rbind "$p" "/run/amulet-keep/$i"; i=$((i+1))
+done
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=755 tmpfs /var
+i=0; for p in $KEEP; do
+  mkdir -p "$p" && mount --move "/run/amulet-keep/$i" "$p"; i=$((i+1))
+done
 mkdir -p /var/lib /var/log /var/cache /var/tmp && chmod 1777 /var/tmp && ln -s /run /var/run
 mount -t tmpfs -o mode=755 tmpfs /dev
 mknod -m 666 /dev/null c 1 3; mknod -m 666 /dev/zero c 1 5; mknod -m 666 /dev/full c 1 7
@@ -318,12 +325,15 @@ def _stage(tmp: Path) -> Path:
         "StandardError=append:/run/amulet-test/stderr.log",
     ]
     used = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), ROOT}
-    home = [p for p in used if p.parts[1:2] in (("root",), ("home",))]
-    tmp = [p for p in used if p.parts[1:2] == ("tmp",) or p.parts[1:3] == ("var", "tmp")]
-    if home:  # ProtectHome=yes hides this Python; a real install lives in /opt
+    used = {p for p in used if not any(q in p.parents for q in used)}  # the outermost
+    in_home = [p for p in used if p.parts[1:2] in (("root",), ("home",))]
+    in_tmp = [p for p in used if p.parts[1:2] in (("tmp",), ("var",))]
+    # the namespaces get a tmpfs /tmp and /var: a clone there is carried over (inner.sh)
+    (stage / "keep").write_text("".join(f"{p}\n" for p in in_tmp))
+    if in_home:  # ProtectHome=yes hides this Python; a real install lives in /opt
         dropin.append("ProtectHome=tmpfs")
-    if home or tmp:  # and PrivateTmp=yes gives the unit an empty /tmp: a clone there binds in
-        dropin.append("BindReadOnlyPaths=" + " ".join(map(str, sorted(home + tmp))))
+    if in_home or in_tmp:  # ... and PrivateTmp=yes a clone under /tmp: bound into the unit
+        dropin.append("BindReadOnlyPaths=" + " ".join(map(str, sorted(in_home + in_tmp))))
     (units / "amulet-stream.service.d" / "test.conf").write_text("\n".join(dropin) + "\n")
     from amulet_stream.audio.wav_write import write_wav
     from amulet_stream.synth.motor import generate
