@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up what the test suite needs on a fresh Debian/Ubuntu machine, then runs it:
 # system packages (apt when root, else a message), .venv with the package and its
-# training and dev extras, ruff, mypy --strict, pytest. Extra arguments go to pytest.
+# training and dev extras, ruff, mypy --strict, lint-imports (the import layers), pytest.
+# Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${AMULET_VENV:-.venv}
@@ -32,5 +33,6 @@ fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[train,dev]'
 "$VENV/bin/ruff" check .
 "$VENV/bin/mypy"
+"$VENV/bin/lint-imports" --no-cache
 export TF_CPP_MIN_LOG_LEVEL=3
 "$VENV/bin/python" -m pytest "$@"
