@@ -8,10 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from .cli_evaluate import _evaluate
-from .cli_seed import _import_seed
-from .cli_synth import _synth
-from .cli_train import _train
+from .cli_evaluate import evaluate_command
+from .cli_seed import import_seed_command
+from .cli_synth import synth_command
+from .cli_train import train_command
 from .errors import EXIT_FAIL, EXIT_INPUT, EXIT_OK
 
 _CONSOLE = "amulet-export-console"
@@ -167,12 +167,12 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
             return EXIT_OK if ok else EXIT_FAIL
         if args.command == "synth":
-            return _synth(args)
+            return synth_command(args)
         if args.command == "evaluate":
-            return _evaluate(args, argv)
+            return evaluate_command(args, argv)
         if args.command == "import-seed":
-            return _import_seed(args)
-        return _train(args)
+            return import_seed_command(args)
+        return train_command(args)
     except (InputError, MissingExtraError) as err:
         print(f"amulet-export: error: {err}", file=sys.stderr)
         return EXIT_INPUT

@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import EXIT_OK
 
 
-def _evaluate(args: argparse.Namespace, argv: list[str] | None) -> int:
+def evaluate_command(args: argparse.Namespace, argv: list[str] | None) -> int:
     import tempfile
 
     from amulet_stream.audio.wav import WavError

@@ -11,7 +11,7 @@ from .errors import EXIT_OK
 _LOGGER = logging.getLogger(__name__)
 
 
-def _import_seed(args: argparse.Namespace) -> int:
+def import_seed_command(args: argparse.Namespace) -> int:
     from .errors import InputError
     from .tfimport import train_extra
 

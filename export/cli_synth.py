@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from .errors import EXIT_OK
 
 
-def _synth(args: argparse.Namespace) -> int:
+def synth_command(args: argparse.Namespace) -> int:
     """Generate and write in one-second blocks: memory stays flat however long the audio."""
     from amulet_stream.audio.wav import RATES
     from amulet_stream.audio.wav_write import write_wav_blocks

@@ -7,7 +7,7 @@ import argparse
 from .errors import EXIT_OK
 
 
-def _train(args: argparse.Namespace) -> int:
+def train_command(args: argparse.Namespace) -> int:
     from amulet_stream.scoring.features import PROFILES
 
     from . import outdir

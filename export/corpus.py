@@ -18,7 +18,7 @@ from amulet_stream.synth.motor import generate_blocks
 from amulet_stream.synth.recordings import inject
 from amulet_stream.synth.spec import BENIGN, FAULTS, NOT_INJECTABLE, Fault, Motor
 
-from .corpus_audio import _read_mono, loop
+from .corpus_audio import loop, read_mono
 
 F32 = npt.NDArray[np.float32]
 SIZES = ("small", "full")
@@ -259,7 +259,7 @@ def real_corpus(good_wav: Path, folder: Path, seconds: float = 12.0) -> Corpus:
     1.5 s burst of outer- and inner-race bearing impacts, whine, rubbing, looseness, electrical
     hum, each at 0.2 and 0.5; benign: a level change (3 s) and background noise (4 s), at 0.5.
     Files keep the recording's rate, down-mixed to mono, 16-bit; nothing of it goes elsewhere."""
-    x, rate = _read_mono(good_wav)
+    x, rate = read_mono(good_wav)
     split = round(REAL_TRAIN_SHARE * x.size)
     train_dir, test_dir = folder / "train", folder / "test"
     train_dir.mkdir(parents=True, exist_ok=True)

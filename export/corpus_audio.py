@@ -12,7 +12,7 @@ from amulet_stream.audio.wav import iter_blocks, read_info, select_channel
 F32 = npt.NDArray[np.float32]
 
 
-def _read_mono(path: Path) -> tuple[F32, int]:
+def read_mono(path: Path) -> tuple[F32, int]:
     """A wav file down-mixed to float32 mono, and its rate."""
     info = read_info(path)
     return np.concatenate([select_channel(b, None) for b in iter_blocks(info)]), info.rate

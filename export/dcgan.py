@@ -42,7 +42,7 @@ from .dcgan_nets import (
 )
 from .dcgan_onnx import amulet_graph, discriminator_graph
 from .errors import InputError
-from .train_data import HOLD_OUT, _split
+from .train_data import HOLD_OUT, split
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def train_dcgan_rules(
             raise InputError(f"{out}: exists and is not a folder")
     profile: Profile = MFCC_IMAGE_V1
     data = dataset.load(train_wavs, profile)
-    train_idx, held_idx = _split(data, profile)
+    train_idx, held_idx = split(data, profile)
     if train_idx.size < 2:
         raise InputError(
             f"{train_wavs[0]}: too little audio for the DCGAN: {train_idx.size} whole second(s) "

@@ -13,7 +13,7 @@ from .evaluate import Result, auc, detect, roc
 from .evaluate_figures import Setting, groups, window_sets
 
 
-def _plots(results: list[Result], corp: Corpus, chosen: dict[str, Setting], out: Path) -> None:
+def plots(results: list[Result], corp: Corpus, chosen: dict[str, Setting], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

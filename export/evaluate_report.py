@@ -14,7 +14,7 @@ import numpy as np
 from .corpus import Corpus
 from .evaluate import Result, auc
 from .evaluate_figures import CLEAR, FA_GOAL, Setting, choose, groups, sweep, window_sets
-from .evaluate_plots import _plots
+from .evaluate_plots import plots
 
 
 def write(
@@ -84,7 +84,7 @@ def write(
                     f"{o.false_alarms_24h:.2f},{o.benign_alarms},{o.early_alarms}\n"
                 )
     (out / "evaluation.md").write_text(_markdown(doc, corp))
-    _plots(results, corp, chosen, out)
+    plots(results, corp, chosen, out)
     return doc
 
 

@@ -23,8 +23,8 @@ from amulet_stream.scoring.records import verdict as pipeline_verdict
 from . import dataset, linear, onnx_io, outdir, plots, threshold
 from .errors import InputError
 from .train_config import TrainConfig
-from .train_data import GAIN_DB, HOLD_OUT, _augment, _scaler, _split, _window_scores
-from .train_fit import FOLDS, _fit_keras, _out_of_fold
+from .train_data import GAIN_DB, HOLD_OUT, augment, scaler, split, window_scores
+from .train_fit import FOLDS, fit_keras, out_of_fold
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def _train_into(
             data.seconds,
             dataset.RECOMMENDED_SECONDS,
         )
-    train_idx, held_idx = _split(data, profile)
+    train_idx, held_idx = split(data, profile)
     _LOGGER.info(
         "%d vectors train the model; the last %d %% of each file (%d vectors) is held out to "
         "watch for overfitting and to set the threshold",
@@ -157,13 +157,13 @@ def _train_into(
         round(100 * HOLD_OUT),
         held_idx.size,
     )
-    x_train, x_held = _augment(profile, data.vectors[train_idx]), data.vectors[held_idx]
+    x_train, x_held = augment(profile, data.vectors[train_idx]), data.vectors[held_idx]
     if profile.name == "logmel-v1":
         _LOGGER.info(
             "training vectors also at overall gains of %s dB: a level change that small is normal",
             "/".join(f"{g:+g}" for g in GAIN_DB),
         )
-    scale, bias, scaler_doc = _scaler(profile, x_train)
+    scale, bias, scaler_doc = scaler(profile, x_train)
     arch = cfg.architecture or DEFAULT_ARCHITECTURE[profile.name]
     if arch in linear.KINDS:
         proto, arch_doc, reference = linear.fit(arch, x_train, scale, bias)
@@ -172,7 +172,7 @@ def _train_into(
         history: dict[str, list[float]] | None = None
         training_doc: dict[str, Any] = {}
     else:
-        proto, vec_scores, history = _fit_keras(
+        proto, vec_scores, history = fit_keras(
             cfg, arch, profile.stack, data.vectors, x_train, x_held, scale, bias
         )
         arch_doc = {"kind": arch}
@@ -185,8 +185,8 @@ def _train_into(
             "best_loss": history["loss"][best],
             "best_val_loss": history["val_loss"][best],
         }
-    held_windows = _window_scores(vec_scores, data, held_idx, profile.vectors)
-    train_windows = _window_scores(vec_scores, data, train_idx, profile.vectors)
+    held_windows = window_scores(vec_scores, data, held_idx, profile.vectors)
+    train_windows = window_scores(vec_scores, data, train_idx, profile.vectors)
     method = cfg.threshold_method or ("max" if profile.name == "amulet-v1" else "gamma")
     over = "held-out windows"
     if method == "gamma" and held_windows.size < threshold.MIN_FIT:
@@ -196,8 +196,8 @@ def _train_into(
             held_windows.size,
             FOLDS,
         )
-        oof = _out_of_fold(cfg, arch, profile, data)
-        held_windows = _window_scores(oof, data, np.arange(n), profile.vectors)
+        oof = out_of_fold(cfg, arch, profile, data)
+        held_windows = window_scores(oof, data, np.arange(n), profile.vectors)
         over = "out-of-fold windows"
     thr, how = threshold.choose(method, held_windows, train_windows, cfg.quantile, over)
     _LOGGER.info("threshold %.6g: %s", thr, threshold.describe(how))

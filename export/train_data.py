@@ -19,7 +19,7 @@ HOLD_OUT = 0.2
 GAIN_DB = (-6.0, -3.0, 3.0, 6.0)
 
 
-def _scaler(profile: Profile, x: F32) -> tuple[F32, F32, dict[str, Any]]:
+def scaler(profile: Profile, x: F32) -> tuple[F32, F32, dict[str, Any]]:
     """(scale, bias) with scaled = x * scale + bias: MinMax for amulet-v1, else standard."""
     if profile.name == "amulet-v1":
         lo, hi = x.min(axis=0), x.max(axis=0)
@@ -33,7 +33,7 @@ def _scaler(profile: Profile, x: F32) -> tuple[F32, F32, dict[str, Any]]:
     return scale.astype(np.float32), bias.astype(np.float32), doc
 
 
-def _augment(profile: Profile, x: F32) -> F32:
+def augment(profile: Profile, x: F32) -> F32:
     """Training vectors (N, D) plus copies at GAIN_DB overall gains, for log-mel (dB) features:
     a microphone's gain is arbitrary, so a few dB of level must not look like a fault."""
     if profile.name != "logmel-v1":
@@ -41,24 +41,24 @@ def _augment(profile: Profile, x: F32) -> F32:
     return np.concatenate([x, *(x + np.float32(g) for g in GAIN_DB)])
 
 
-def _split(data: dataset.Dataset, profile: Profile) -> tuple[I64, I64]:
+def split(data: dataset.Dataset, profile: Profile) -> tuple[I64, I64]:
     """Indexes of training and held-out vectors: the last 20 % of each file (at least one
     window) is held out, and no training vector shares a sample with it."""
     keep = (data.counts * (1.0 - HOLD_OUT)).astype(np.int64)
     cut = np.minimum(keep, data.counts - profile.vectors)
     hold_first = np.maximum(cut, 0)[data.file_index]
-    gap = _gap(profile)
+    gap = gap_vectors(profile)
     held = np.flatnonzero(data.index >= hold_first)
     train = np.flatnonzero(data.index + gap < hold_first)
     return train, held
 
 
-def _gap(profile: Profile) -> int:
+def gap_vectors(profile: Profile) -> int:
     """Vectors on each side of a vector that share samples with it."""
     return profile.stack - 1 + -(-profile.n_fft // profile.step) - 1
 
 
-def _window_scores(vec_scores: F32, data: dataset.Dataset, pick: I64, per_window: int) -> F32:
+def window_scores(vec_scores: F32, data: dataset.Dataset, pick: I64, per_window: int) -> F32:
     """Scores of every window (at a hop of one vector) made only of the vectors in `pick`."""
     mask = np.zeros(vec_scores.size, bool)
     mask[pick] = True

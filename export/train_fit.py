@@ -15,7 +15,7 @@ from amulet_stream.scoring.features import Profile
 
 from . import dataset, linear, nets, onnx_io
 from .train_config import TrainConfig
-from .train_data import _augment, _gap, _scaler
+from .train_data import augment, gap_vectors, scaler
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _report_epochs(history: dict[str, list[float]], epochs: int) -> None:
         )
 
 
-def _fit_keras(
+def fit_keras(
     cfg: TrainConfig,
     arch: str,
     stack: int,
@@ -116,21 +116,21 @@ def _fit_keras(
     return proto, vec_scores, history
 
 
-def _out_of_fold(cfg: TrainConfig, arch: str, profile: Profile, data: dataset.Dataset) -> F32:
+def out_of_fold(cfg: TrainConfig, arch: str, profile: Profile, data: dataset.Dataset) -> F32:
     """Vector scores (N,), each from a model fitted without it or any vector sharing a sample
     with its part: FOLDS contiguous parts in turn, for audio too short to hold out enough."""
     n = data.vectors.shape[0]
-    gap = _gap(profile)
+    gap = gap_vectors(profile)
     out = np.empty(n, np.float32)
     idx = np.arange(n)
     edges = np.linspace(0, n, FOLDS + 1).astype(int)
     for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
         part = data.vectors[lo:hi]
-        x_fit = _augment(profile, data.vectors[(idx < lo - gap) | (idx >= hi + gap)])
-        scale, bias, _ = _scaler(profile, x_fit)
+        x_fit = augment(profile, data.vectors[(idx < lo - gap) | (idx >= hi + gap)])
+        scale, bias, _ = scaler(profile, x_fit)
         if arch in linear.KINDS:
             out[lo:hi] = linear.fit(arch, x_fit, scale, bias)[2](part)
         else:
             args = (part, x_fit, part, scale, bias)
-            out[lo:hi] = _fit_keras(cfg, arch, profile.stack, *args, export=False)[1]
+            out[lo:hi] = fit_keras(cfg, arch, profile.stack, *args, export=False)[1]
     return out
