@@ -59,15 +59,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--channel", type=int, help="0-based channel to use (default: down-mix)")
     t.add_argument(
         "--threshold-method",
-        choices=["max", "gamma"],
-        help="max training score (AMULET) or gamma quantile of held-out scores "
-        "(default: max for amulet-v1, gamma otherwise)",
+        choices=["max", "gamma", "recordings"],
+        help="max training score (AMULET), gamma quantile of held-out windows, or recordings: "
+        "no held-out recording (other files, or stretches of one file) would have alerted, "
+        "with their spread (default: max for amulet-v1, recordings otherwise)",
     )
     t.add_argument(
         "--threshold-quantile",
         type=float,
         default=0.99,
-        help="quantile for --threshold-method gamma (default: 0.99)",
+        help="quantile for --threshold-method gamma and recordings (default: 0.99)",
     )
     t.add_argument("--seed", type=int, default=10, help="random seed (default: 10, as AMULET)")
     t.add_argument("--silent", action="store_true", help="log only to OUT/train.log")
@@ -110,6 +111,21 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="a healthy real recording: also evaluate on faults injected into it "
         "(trained on its first part)",
+    )
+    e.add_argument(
+        "--dataset",
+        type=Path,
+        help="labelled real recordings instead of the generated corpus: normal/ and anomaly/ "
+        "folders, or DCASE names with normal/anomaly (default candidates: dense-ae, pca, "
+        "mahalanobis, amulet-lstm)",
+    )
+    e.add_argument(
+        "--folds", type=int, default=5, help="--dataset: folds over the normal recordings (5)"
+    )
+    e.add_argument(
+        "--train-files",
+        type=int,
+        help="--dataset: train each fold on the first N of its normal recordings (default: all)",
     )
 
     v = sub.add_parser("verify", help="check a model file; exit 0 if complete and working")

@@ -6,8 +6,11 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .errors import EXIT_OK
+
+DATASET_CANDIDATES = ["dense-ae", "pca", "mahalanobis", "amulet-lstm"]
 
 
 def evaluate_command(args: argparse.Namespace, argv: list[str] | None) -> int:
@@ -25,7 +28,8 @@ def evaluate_command(args: argparse.Namespace, argv: list[str] | None) -> int:
     for rule, note in (("amulet", "AMULET's rule: pixel difference"), ("discriminator", "1 - D")):
         name = "dcgan" if rule == "amulet" else f"dcgan-{rule}"
         trainers[name] = (name, _dcgan_trainer(rule), f"AMULET's DCGAN on MFCC images, {note}")
-    names = args.candidates.split(",") if args.candidates else list(trainers)
+    default = DATASET_CANDIDATES if args.dataset is not None else list(trainers)
+    names = args.candidates.split(",") if args.candidates else default
     unknown = [n for n in names if n not in trainers]
     if unknown:
         known = ", ".join(trainers)
@@ -45,6 +49,8 @@ def evaluate_command(args: argparse.Namespace, argv: list[str] | None) -> int:
 
     with train_extra("evaluation"):  # every candidate is trained: fail now, not after the corpus
         from . import dcgan, train  # noqa: F401
+    if args.dataset is not None:
+        return _dataset(args, chosen, command)
     with tempfile.TemporaryDirectory(prefix="amulet-eval-") as tmp:
         work = args.work or Path(tmp)
         real = None
@@ -70,6 +76,35 @@ def evaluate_command(args: argparse.Namespace, argv: list[str] | None) -> int:
             f"{c['median_delay_s']} s, "
             + ("false alarms not measured" if fa != fa else f"{fa} false alarms / 24 h")
         )
+    print(args.out / "evaluation.md")
+    return EXIT_OK
+
+
+def _dataset(args: argparse.Namespace, chosen: list[Any], command: str) -> int:
+    """--dataset: the candidates on labelled real recordings, folds over the normal ones."""
+    from . import realdata, realdata_report
+    from .errors import InputError
+
+    if args.folds < 2:
+        raise InputError("--folds must be at least 2")
+    if args.train_files is not None and args.train_files < 1:
+        raise InputError("--train-files must be at least 1")
+    data = realdata.find(args.dataset)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--out {args.out}: cannot create it: {err.strerror}") from err
+    outcomes = realdata.run(data, chosen, args.folds, args.train_files)
+    folds = len(realdata.folds(data.normal, args.folds))
+    doc = realdata_report.write(data, outcomes, folds, args.out, command)
+    for name, c in doc["candidates"].items():
+        print(
+            f"{name}: clip AUC {c['auc']}, pAUC {c['pauc']}; anomalous alerted "
+            f"{c['anomalies_alerted']}/{c['anomalies_tested']}, normal alerted "
+            f"{c['normal_alerted']}/{c['normal_tested']}"
+        )
+    if "loudness" in doc:
+        print(f"loudness alone: clip AUC {doc['loudness']['auc']}")
     print(args.out / "evaluation.md")
     return EXIT_OK
 

@@ -24,7 +24,7 @@ def write(
     out.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
         "command": command,
-        "machine": _machine(),
+        "machine": machine(),
         "normal_hours": hours,
         "corpus": {
             "train": [p.name for p in corp.train],
@@ -88,7 +88,7 @@ def write(
     return doc
 
 
-def _machine() -> dict[str, str]:
+def machine() -> dict[str, str]:
     import onnxruntime
 
     return {

@@ -9,7 +9,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from amulet_stream.scoring.model import INPUT_NAME, OUTPUT_NAME
+from amulet_stream.scoring.model import INPUT_NAME, OUTPUT_NAME, RESIDUAL_NAME
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -25,7 +25,8 @@ def fit(
     kind: str, x: F32, scale: F32, bias: F32, components: int = 16
 ) -> tuple[onnx.ModelProto, dict[str, object], Callable[[F32], F32]]:
     """Fit on raw training vectors x (N, D); return the graph features (M, D) -> score (M,)
-    and a description. pca: mean |error| of the scaled vector's reconstruction from the top
+    (with each feature's deviation, residual (M, D), in its own units) and a description.
+    pca: mean |error| of the scaled vector's reconstruction from the top
     `components` principal axes. mahalanobis: mean squared whitened distance from the
     training mean (Ledoit-Wolf shrunk covariance), about 1 for normal vectors. The callable
     computes the same scores in float64 numpy, for the parity check."""
@@ -50,6 +51,7 @@ def fit(
             helper.make_node("Sub", ["centred", "recon"], ["err"]),
             helper.make_node("Abs", ["err"], ["abs_err"]),
             helper.make_node("ReduceMean", ["abs_err"], [OUTPUT_NAME], axes=[1], keepdims=0),
+            helper.make_node("Div", ["err", "scale"], [RESIDUAL_NAME]),
         ]
 
         def reference(v: F32) -> F32:
@@ -70,6 +72,7 @@ def fit(
             helper.make_node("MatMul", ["centred", "whiten"], ["y"]),
             helper.make_node("Mul", ["y", "y"], ["y2"]),
             helper.make_node("ReduceMean", ["y2"], [OUTPUT_NAME], axes=[1], keepdims=0),
+            helper.make_node("Div", ["centred", "scale"], [RESIDUAL_NAME]),
         ]
 
         def reference(v: F32) -> F32:
@@ -85,7 +88,10 @@ def fit(
         nodes,
         f"amulet_{kind}",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [None, dim])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None])],
+        [
+            helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None]),
+            helper.make_tensor_value_info(RESIDUAL_NAME, TensorProto.FLOAT, [None, dim]),
+        ],
         inits,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])

@@ -89,3 +89,14 @@ def scorer(core: keras.Model, scale: F32, bias: F32) -> keras.Model:
     recon = core(scaled)
     score = keras.ops.mean(keras.ops.abs(recon - scaled), axis=1)
     return keras.Model(inp, score, name="amulet_scorer")
+
+
+def explainer(core: keras.Model, scale: F32, bias: F32) -> keras.Model:
+    """The scorer with a second output: raw features (N, D) -> [score (N,), residual (N, D)],
+    each feature's deviation from its reconstruction in the feature's own units (dB)."""
+    inp = keras.Input((scale.size,), name="features")
+    scaled = Affine(scale, bias, name="scaler")(inp)
+    recon = core(scaled)
+    score = keras.ops.mean(keras.ops.abs(recon - scaled), axis=1)
+    residual = (scaled - recon) * (1.0 / scale).astype(np.float32)
+    return keras.Model(inp, [score, residual], name="amulet_explainer")

@@ -19,7 +19,7 @@ import tensorflow as tf
 import tf2onnx
 
 from amulet_stream import __version__
-from amulet_stream.scoring.model import INPUT_NAME, OUTPUT_NAME
+from amulet_stream.scoring.model import INPUT_NAME, OUTPUT_NAME, RESIDUAL_NAME
 from amulet_stream.scoring.model_meta import FORMAT_VERSION, META_KEY
 
 from .errors import InputError, ParityError
@@ -32,8 +32,16 @@ OPSET = 17
 
 
 def convert(model: keras.Model, dim: int) -> onnx.ModelProto:
-    """Convert a scorer (N, D) -> (N,) to an ONNX graph with input 'features', output 'score'."""
-    fn = tf.function(lambda x: {OUTPUT_NAME: model(x, training=False)})
+    """Convert a scorer (N, D) -> (N,) to an ONNX graph with input 'features', output 'score'
+    (and 'residual' (N, D) for an explainer, whose second output it is)."""
+
+    def outputs(x: tf.Tensor) -> dict[str, tf.Tensor]:
+        out = model(x, training=False)
+        if isinstance(out, (list, tuple)):
+            return dict(zip((OUTPUT_NAME, RESIDUAL_NAME), out, strict=True))
+        return {OUTPUT_NAME: out}
+
+    fn = tf.function(outputs)
     spec = (tf.TensorSpec((None, dim), tf.float32, name=INPUT_NAME),)
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=OPSET)
     assert isinstance(proto, onnx.ModelProto)

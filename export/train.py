@@ -14,17 +14,17 @@ import numpy as np
 
 from amulet_stream.audio.sources import FileSource
 from amulet_stream.audio.wav import WavError, read_info
+from amulet_stream.scoring.detector import DetectorSettings
 from amulet_stream.scoring.features import PROFILES, Profile
-from amulet_stream.scoring.levels import block_levels, level_summary
 from amulet_stream.scoring.model import Model
 from amulet_stream.scoring.pipeline import StreamPipeline, replay
 from amulet_stream.scoring.records import verdict as pipeline_verdict
 
-from . import dataset, linear, onnx_io, outdir, plots, threshold
+from . import calibrate, dataset, linear, onnx_io, outdir, plots, threshold, train_levels
 from .errors import InputError
 from .train_config import TrainConfig
 from .train_data import GAIN_DB, HOLD_OUT, augment, scaler, split, window_scores
-from .train_fit import FOLDS, fit_keras, out_of_fold
+from .train_fit import FOLDS, fit_keras, folds, out_of_fold
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -38,30 +38,6 @@ SCORE_TEXT = {
     "mahalanobis": "mean squared whitened distance of the scaled vector from the training "
     "mean, averaged over a window",
 }
-
-
-def _input_levels(cfg: TrainConfig) -> dict[str, float]:
-    """Distribution of the 0.25 s block RMS (dBFS) of the training audio as the monitor's input
-    checks see it: each file's mono samples (channel or down-mix) at its own rate, no gain
-    augmentation; p1..p99 is the level range the monitor holds live input to."""
-    levels = []
-    for path in cfg.inputs:
-        try:
-            source = FileSource(read_info(path), cfg.channel)
-        except (WavError, ValueError) as err:
-            raise InputError(str(err)) from err
-        levels.append(block_levels((b.samples for b in source.blocks()), source.rate))
-    doc = level_summary(np.concatenate(levels))
-    _LOGGER.info(
-        "input level of the training audio (0.25 s blocks): median %.1f dBFS, p1..p99 "
-        "%.1f..%.1f dBFS, min %.1f, max %.1f",
-        doc["p50"],
-        doc["p1"],
-        doc["p99"],
-        doc["min"],
-        doc["max"],
-    )
-    return doc
 
 
 def _predict(cfg: TrainConfig, model_path: Path, stage: Path) -> str:
@@ -187,20 +163,42 @@ def _train_into(
         }
     held_windows = window_scores(vec_scores, data, held_idx, profile.vectors)
     train_windows = window_scores(vec_scores, data, train_idx, profile.vectors)
-    method = cfg.threshold_method or ("max" if profile.name == "amulet-v1" else "gamma")
-    over = "held-out windows"
-    if method == "gamma" and held_windows.size < threshold.MIN_FIT:
-        _LOGGER.info(
-            "only %d window(s) held out: the threshold comes from out-of-fold scores instead "
-            "(%d models, each fitted without one part of the audio, score that part)",
-            held_windows.size,
-            FOLDS,
+    fold = folds(data, profile)
+    method = cfg.threshold_method or ("max" if profile.name == "amulet-v1" else "recordings")
+    if method == "recordings" and np.unique(fold).size < 2:
+        _LOGGER.warning(
+            "%.1f s of audio in one file is too short to hold out stretches of it: the threshold "
+            "comes from held-out windows (gamma) instead",
+            data.seconds,
         )
-        oof = out_of_fold(cfg, arch, profile, data)
-        held_windows = window_scores(oof, data, np.arange(n), profile.vectors)
-        over = "out-of-fold windows"
-    thr, how = threshold.choose(method, held_windows, train_windows, cfg.quantile, over)
-    _LOGGER.info("threshold %.6g: %s", thr, threshold.describe(how))
+        method = "gamma"
+    if method == "recordings":
+        oof = out_of_fold(cfg, arch, profile, data, fold)
+        held = calibrate.recordings(data, fold, profile.vectors, oof)
+        hop_seconds = profile.hop_vectors * profile.step / profile.rate
+        levels = [
+            calibrate.alert_level(h.scores, profile.hop_vectors, hop_seconds, DetectorSettings())
+            for h in held
+        ]
+        thr, how = calibrate.threshold(levels, cfg.quantile)
+        how["over"] = "files" if data.counts.size > 1 else "stretches of one file"
+        held_windows = np.concatenate([h.scores for h in held]).astype(np.float32)
+        _LOGGER.info("threshold %.6g: %s", thr, calibrate.describe(thr, how))
+    else:
+        over = "held-out windows"
+        if method == "gamma" and held_windows.size < threshold.MIN_FIT:
+            _LOGGER.info(
+                "only %d window(s) held out: the threshold comes from out-of-fold scores "
+                "instead (%d models, each fitted without one part of the audio, score that part)",
+                held_windows.size,
+                FOLDS,
+            )
+            parts = np.asarray((np.arange(n) * FOLDS) // n, np.int64)  # contiguous, any length
+            oof = out_of_fold(cfg, arch, profile, data, parts)
+            held_windows = window_scores(oof, data, np.arange(n), profile.vectors)
+            over = "out-of-fold windows"
+        thr, how = threshold.choose(method, held_windows, train_windows, cfg.quantile, over)
+        _LOGGER.info("threshold %.6g: %s", thr, threshold.describe(how))
 
     diff = onnx_io.check_parity(proto, vec_scores[held_idx], x_held)
     _LOGGER.info(
@@ -221,7 +219,8 @@ def _train_into(
             "held_out": threshold.distribution(held_windows),
         },
         "fingerprint": data.fingerprint,
-        "input_level_dbfs": _input_levels(cfg),
+        "input_level_dbfs": train_levels.input_levels(cfg),
+        **train_levels.level(data, profile, fold),
         "training": {
             "files": data.files,
             "seconds": round(data.seconds, 3),

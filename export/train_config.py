@@ -18,7 +18,7 @@ class TrainConfig:
     predict_file: Path | None = None
     channel: int | None = None
     threshold_method: str | None = None
-    """None: the profile's default (amulet-v1: max, as AMULET; others: gamma)."""
+    """None: the profile's default (amulet-v1: max, as AMULET; others: recordings)."""
     quantile: float = 0.99
     seed: int = 10
     architecture: str | None = None

@@ -9,6 +9,7 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from amulet_stream.scoring.features import Profile
+from amulet_stream.scoring.loudness import power_db, vector_power
 from amulet_stream.scoring.windows import WindowMeans
 
 from . import dataset
@@ -73,3 +74,16 @@ def window_scores(vec_scores: F32, data: dataset.Dataset, pick: I64, per_window:
         inside = sliding_window_view(m, per_window).all(axis=1)
         out.append(means[inside].astype(np.float32))
     return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def window_levels(data: dataset.Dataset, profile: Profile) -> list[F32]:
+    """Each file's window levels (dB of log-mel power, windows at a hop of one vector), as the
+    monitor measures them (scoring/loudness.py)."""
+    power = vector_power(data.vectors, profile.frame_dim)
+    out: list[F32] = []
+    start = 0
+    for count in data.counts.tolist():
+        means = WindowMeans(profile.vectors, 1).push(power[start : start + count])[0]
+        out.append(power_db(means).astype(np.float32))
+        start += count
+    return out

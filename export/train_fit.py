@@ -20,7 +20,11 @@ from .train_data import augment, gap_vectors, scaler
 _LOGGER = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
 FOLDS = 4
+"""Stretches of a single file held out in turn."""
+FILE_FOLDS = 10
+"""Folds over whole files: each file its own up to this many files (held out one at a time)."""
 PATIENCE = 5
 """Epochs without a better held-out loss before training stops (the best epoch is kept)."""
 
@@ -112,25 +116,44 @@ def fit_keras(
         _report_epochs(history, cfg.epochs)
     model = nets.scorer(core, scale, bias)
     vec_scores = np.asarray(model.predict(vectors, batch_size=4096, verbose=0), np.float32)
-    proto = onnx_io.convert(model, x_train.shape[1]) if export else None
+    explainer = nets.explainer(core, scale, bias)
+    proto = onnx_io.convert(explainer, x_train.shape[1]) if export else None
     return proto, vec_scores, history
 
 
-def out_of_fold(cfg: TrainConfig, arch: str, profile: Profile, data: dataset.Dataset) -> F32:
-    """Vector scores (N,), each from a model fitted without it or any vector sharing a sample
-    with its part: FOLDS contiguous parts in turn, for audio too short to hold out enough."""
+def folds(data: dataset.Dataset, profile: Profile) -> I64:
+    """The fold of every vector: with several files, each file its own fold (beyond FILE_FOLDS
+    files, file i in fold i mod FILE_FOLDS: each fold's recordings lie among the others, in
+    time and in operating conditions); with one, FOLDS contiguous stretches, fewer when the
+    file is short (each holds two windows at least; one fold: too short to split)."""
+    files = data.counts.size
+    if files > 1:
+        return np.asarray(data.file_index % min(FILE_FOLDS, files), np.int64)
+    n = data.vectors.shape[0]
+    k = max(1, min(FOLDS, n // (2 * profile.vectors + 2 * gap_vectors(profile))))
+    return np.asarray((np.arange(n) * k) // max(n, 1), np.int64)
+
+
+def out_of_fold(
+    cfg: TrainConfig, arch: str, profile: Profile, data: dataset.Dataset, fold: I64
+) -> F32:
+    """Vector scores (N,), each from a model fitted without its fold (`fold`: one number per
+    vector) nor any vector sharing a sample with it (the gap around a stretch of one file)."""
     n = data.vectors.shape[0]
     gap = gap_vectors(profile)
     out = np.empty(n, np.float32)
-    idx = np.arange(n)
-    edges = np.linspace(0, n, FOLDS + 1).astype(int)
-    for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
-        part = data.vectors[lo:hi]
-        x_fit = augment(profile, data.vectors[(idx < lo - gap) | (idx >= hi + gap)])
+    pos = data.index
+    for k in np.unique(fold).tolist():
+        mine = fold == k
+        files = np.unique(data.file_index[mine])
+        lo, hi = int(pos[mine].min()), int(pos[mine].max()) + 1
+        near = np.isin(data.file_index, files) & (pos >= lo - gap) & (pos < hi + gap)
+        part = data.vectors[mine]
+        x_fit = augment(profile, data.vectors[~mine & ~near])
         scale, bias, _ = scaler(profile, x_fit)
         if arch in linear.KINDS:
-            out[lo:hi] = linear.fit(arch, x_fit, scale, bias)[2](part)
+            out[mine] = linear.fit(arch, x_fit, scale, bias)[2](part)
         else:
             args = (part, x_fit, part, scale, bias)
-            out[lo:hi] = fit_keras(cfg, arch, profile.stack, *args, export=False)[1]
+            out[mine] = fit_keras(cfg, arch, profile.stack, *args, export=False)[1]
     return out

@@ -20,7 +20,8 @@ from amulet_export.verify import verify
 from amulet_stream.audio.sources import FileSource
 from amulet_stream.audio.wav import read_info
 from amulet_stream.audio.wav_write import write_wav
-from amulet_stream.scoring.features import MFCC_IMAGE_V1, PROFILES, dct2_matrix
+from amulet_stream.scoring.features import MFCC_IMAGE_V1, PROFILES
+from amulet_stream.scoring.filters import dct2_matrix
 from amulet_stream.scoring.frames import VectorStream
 from amulet_stream.scoring.model import INPUT_NAME, OUTPUT_NAME, Model
 from amulet_stream.scoring.pipeline import StreamPipeline

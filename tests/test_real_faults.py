@@ -25,6 +25,8 @@ from amulet_stream.synth.recordings import inject
 from amulet_stream.synth.spec import Fault
 
 BIN = Path(sys.executable).parent / "amulet-stream"
+LEVELS = {"louder": 5.0, "quieter": -5.0}
+BURST, BURST_HZ = (5.0, 7.0), 3200.0
 FAULTS = {
     "stop": Fault("stop", 5.0, 5.5, 0.5),  # the motor stops for half a second
     "rubbing": Fault("rubbing", 5.0, 6.5, 0.5),  # a 1.5 s transient: rubbing
@@ -44,6 +46,14 @@ def replayed(seed_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     for name, fault in FAULTS.items():
         files[name] = work / f"{name}.wav"
         write_wav(files[name], inject(x, info.rate, fault, seed=7), info.rate)
+    t = np.arange(x.size) / info.rate
+    tone = np.where((t >= BURST[0]) & (t < BURST[1]), np.sin(2 * np.pi * BURST_HZ * t), 0.0)
+    files["burst"] = work / "burst.wav"  # a whine at 3.2 kHz for 2 s, 10 dB below the motor
+    write_wav(files["burst"], x + 0.32 * np.sqrt(np.mean(x**2)) * np.sqrt(2) * tone, info.rate)
+    for name, db in LEVELS.items():  # the same machine heard louder or quieter from the middle
+        gain = np.where(np.arange(x.size) >= x.size // 2, 10 ** (db / 20), 1.0)
+        files[name] = work / f"{name}.wav"
+        write_wav(files[name], x * gain, info.rate)
     proc = subprocess.run(
         [BIN, "replay", *files.values(), "--model", model],
         capture_output=True,
@@ -76,3 +86,28 @@ def test_short_fault_alerts_within_two_seconds(replayed: dict[str, list[dict]], 
     assert first["end"] > fault.start and first["start"] < fault.end
     assert first["end"] - fault.start <= 2.0
     assert replayed[name][-1]["verdict"] == "defect"
+
+
+@pytest.mark.parametrize("name", list(LEVELS))
+def test_a_level_change_of_5_db_alerts_as_a_level_change(
+    replayed: dict[str, list[dict]], name: str
+) -> None:
+    """A steady real recording, 5 dB louder (quieter) from its middle: one alert, caused by
+    the level, saying by how much; nothing before the change."""
+    alerts = [r for r in replayed[name] if r["event"] == "anomaly"]
+    assert alerts, f"{name}: no alert ({replayed[name][-1]})"
+    first = alerts[0]
+    assert first["cause"] == "level", first
+    assert first["level_db"] == pytest.approx(LEVELS[name], abs=1.0), first
+    assert first["level_ref"] == "model" and first["start"] >= 6.0 - 1.0
+
+
+def test_a_burst_at_3_2_khz_names_its_band(replayed: dict[str, list[dict]]) -> None:
+    """A tone burst at 3.2 kHz in the real recording: the alert's first or second band holds
+    3.2 kHz, louder than expected."""
+    alerts = [r for r in replayed["burst"] if r["event"] == "anomaly"]
+    assert alerts, f"burst: no alert ({replayed['burst'][-1]})"
+    bands = alerts[0]["bands"]
+    assert 1 <= len(bands) <= 3 and alerts[0]["cause"] in ("spectrum", "both"), alerts[0]
+    hits = [b for b in bands[:2] if b["low_hz"] <= BURST_HZ <= b["high_hz"]]
+    assert hits and hits[0]["db"] > 0, bands

@@ -78,7 +78,12 @@ def test_model_is_self_describing_and_verified(
     )
     assert meta["format_version"] == 1
     assert meta["profile"]["name"] == "logmel-v1" and meta["profile"]["rate"] == 16000
-    assert meta["threshold_method"] == "gamma" and meta["threshold_details"]["quantile"] == 0.99
+    how = meta["threshold_details"]  # calibrated on stretches of the one file, held out in turn
+    assert meta["threshold_method"] == "recordings" and how["quantile"] == 0.99
+    assert how["over"] == "stretches of one file" and len(how["alert_levels"]) >= 2
+    assert max(how["alert_levels"]) <= meta["threshold"]
+    level = meta["level"]  # the trained level range of the level signal
+    assert level["low_db"] <= level["median_db"] <= level["high_db"] and level["margin_db"] >= 0
     assert meta["parity"]["max_abs_diff"] <= 1e-5 and len(meta["parity"]["inputs"]) == 8
     assert meta["fingerprint"].startswith("sha256:")
     assert {"tensorflow", "tf2onnx", "onnxruntime"} <= set(meta["versions"])

@@ -44,6 +44,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             "burst_ratio",
             "burst_seconds",
             "clear_seconds",
+            "level_floor_db",
+            "learn_seconds",
         )
         if getattr(args, k) is not None
     }

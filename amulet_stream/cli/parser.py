@@ -51,6 +51,19 @@ def _detector_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--burst-seconds", type=float, help="seconds of the burst rule (0.25)")
     g.add_argument("--clear-seconds", type=float, help="calm time in a row to return to normal (3)")
+    g.add_argument(
+        "--level-floor-db",
+        type=float,
+        help="alert when the level is this many dB outside the model's trained range (1.5)",
+    )
+    g.add_argument(
+        "--learn",
+        dest="learn_seconds",
+        type=float,
+        metavar="SECONDS",
+        help="commissioning: learn the site from the first SECONDS of audio (no alerts), then "
+        "set the stream's threshold and level range from them",
+    )
     g.add_argument("--hop", type=float, help="seconds between window starts (model's own)")
     for old in RENAMED:
         g.add_argument(f"--{old}", dest=f"old_{old}", help=argparse.SUPPRESS)

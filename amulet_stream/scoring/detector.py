@@ -35,6 +35,13 @@ class DetectorSettings:
     clear_seconds: float = 3.0
     """Back to normal after this long with every window at or below threshold x clear_ratio."""
     clear_ratio: float = 1.0
+    level_floor_db: float = 1.5
+    """A window level this many dB outside the range the model was trained on scores as high
+    as the threshold (models with a trained level range; the tolerance is this plus half the
+    range's width)."""
+    learn_seconds: float = 0.0
+    """Commissioning: score this many seconds of audio at the start without alerting, then
+    set the stream's threshold and level range from them (0: no commissioning)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.alert_seconds <= self.within_seconds <= 3600:
@@ -49,6 +56,10 @@ class DetectorSettings:
             )
         if not 0 < self.clear_seconds <= 3600 or not 0 < self.clear_ratio <= 1:
             raise ValueError("clear_seconds must be in (0, 3600] and clear_ratio in (0, 1]")
+        if not 0 <= self.learn_seconds <= 86400:
+            raise ValueError(f"learn_seconds must be in [0, 86400], got {self.learn_seconds}")
+        if not 0 < self.level_floor_db <= 60:
+            raise ValueError(f"level_floor_db must be in (0, 60] dB, got {self.level_floor_db}")
         if not 0 < self.sensitivity <= 10:
             raise ValueError(f"sensitivity must be in (0, 10], got {self.sensitivity}")
 
@@ -80,19 +91,39 @@ class Detector:
         )
         self._clear = windows_for(s.clear_seconds, hop_seconds)
         self._calm = 0
+        self._why: deque[tuple[bool, bool]] = deque(maxlen=self._recent.maxlen)
+        """(spectrum above, level above) of the recent windows, for the alert's cause."""
+
+    def set_threshold(self, threshold: float) -> None:
+        """A new base threshold (commissioning learned one); sensitivity applies to it."""
+        self.threshold = effective_threshold(threshold, self.settings.sensitivity)
 
     def reset(self) -> None:
         """Forget everything (the audio was not the motor's): no state until enough windows."""
         self.state = None
         self._recent.clear()
+        self._why.clear()
         self._calm = 0
+
+    def cause(self) -> str:
+        """What the recent windows above the threshold showed: 'spectrum', 'level' or 'both'
+        (a kind counts when at least half as many windows showed it as the other)."""
+        spectrum = sum(s for s, _ in self._why)
+        level = sum(lv for _, lv in self._why)
+        most = max(spectrum, level)
+        kinds = [k for k, n in (("spectrum", spectrum), ("level", level)) if n and 2 * n >= most]
+        return kinds[0] if len(kinds) == 1 else "both" if kinds else "spectrum"
 
     def is_anomalous(self, score: float) -> bool:
         """A single window's flag: score above the effective threshold."""
         return score > self.threshold
 
-    def update(self, score: float) -> str | None:
-        """Add one window score; return the new state if it changed, else None."""
+    def update(self, score: float, level: float | None = None) -> str | None:
+        """Add one window's score; return the new state if it changed, else None. With a level
+        term, `score` is the spectral score and the window counts the larger of the two."""
+        why = (self.is_anomalous(score), level is not None and self.is_anomalous(level))
+        score = score if level is None else max(score, level)
+        self._why.append(why)
         strong = score > self.threshold * self.settings.burst_ratio
         self._recent.append(int(self.is_anomalous(score)) + int(strong))  # 0, 1 or 2
         if self.state != ANOMALY:

@@ -17,6 +17,8 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
+from amulet_stream.scoring.filters import dct2_matrix, dct3_matrix, hann, mel_filterbank
+
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
@@ -27,58 +29,6 @@ _ONE_FRAME_PER_WINDOW = frozenset({"amulet-v1", MFCC_IMAGE})
 
 class ProfileError(ValueError):
     """A feature profile name or parameter set that this version does not know."""
-
-
-def _hz_to_mel(hz: F64) -> F64:
-    """Slaney mel scale (librosa's default, htk=False)."""
-    hz = np.asarray(hz, dtype=np.float64)
-    mel = hz / (200.0 / 3)
-    logstep = np.log(6.4) / 27.0
-    return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-9) / 1000.0) / logstep, mel)
-
-
-def _mel_to_hz(mel: F64) -> F64:
-    """Inverse of _hz_to_mel."""
-    logstep = np.log(6.4) / 27.0
-    return np.where(mel >= 15.0, 1000.0 * np.exp(logstep * (mel - 15.0)), mel * (200.0 / 3))
-
-
-def mel_filterbank(rate: int, n_fft: int, n_mels: int) -> F64:
-    """Slaney-normalised triangular filters, shape (n_mels, n_fft//2 + 1), as librosa's default."""
-    fft_freqs = np.fft.rfftfreq(n_fft, 1.0 / rate)
-    edges = _hz_to_mel(np.array([0.0, rate / 2]))
-    mel_f = _mel_to_hz(np.linspace(edges[0], edges[1], n_mels + 2))
-    fdiff = np.diff(mel_f)
-    ramps = mel_f[:, None] - fft_freqs[None, :]
-    lower = -ramps[:-2] / fdiff[:-1, None]
-    upper = ramps[2:] / fdiff[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    enorm = 2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels])
-    return np.asarray(weights * enorm[:, None], dtype=np.float64)
-
-
-def hann(n: int) -> F64:
-    """Periodic Hann window of n samples (scipy's get_window('hann', n), librosa's STFT window)."""
-    return np.asarray(0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n), dtype=np.float64)
-
-
-def dct3_matrix(n: int, keep: int) -> F64:
-    """First `keep` rows of the orthonormal DCT-III of length n (scipy dct type 3, 'ortho')."""
-    k = np.arange(n)[None, :]
-    j = np.arange(keep)[:, None]
-    m = np.cos(np.pi * (j + 0.5) * k / n) * np.sqrt(2.0 / n)
-    m[:, 0] = np.sqrt(1.0 / n)
-    return np.asarray(m, dtype=np.float64)
-
-
-def dct2_matrix(n: int, keep: int) -> F64:
-    """First `keep` rows of the orthonormal DCT-II of length n (scipy dct type 2, 'ortho'):
-    shape (keep, n), the transpose of the full DCT-III."""
-    j = np.arange(keep)[:, None]
-    k = np.arange(n)[None, :]
-    m = np.cos(np.pi * j * (k + 0.5) / n) * np.sqrt(2.0 / n)
-    m[0, :] = np.sqrt(1.0 / n)
-    return np.asarray(m, dtype=np.float64)
 
 
 @dataclass(frozen=True)

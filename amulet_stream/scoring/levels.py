@@ -22,6 +22,7 @@ RMS_FLOOR = 1e-6
 CHUNK = 64
 """Blocks judged per vectorised step: bounds the scratch memory of a long push."""
 
+
 def block_size(rate: int) -> int:
     """Samples in one analysis block (0.25 s) at `rate` Hz."""
     return max(1, round(rate * BLOCK_SECONDS))

@@ -26,6 +26,9 @@ MAX_THREADS = 256
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "score"
+RESIDUAL_NAME = "residual"
+"""Optional second output (M, D): each feature's deviation from what the model expected, in
+the feature's units (dB for log-mel): what an alert's bands are read from."""
 BATCH = 32
 """Vectors per onnxruntime call: always exactly this many rows (zero-padded)."""
 MAX_ROWS = 1024
@@ -34,6 +37,8 @@ for 256 streams at once left the process 72 MB larger, in calls of 16 streams 6.
 F32 = npt.NDArray[np.float32]
 MAX_MODEL_BYTES = 256 << 20
 """Largest model file read, bytes (the shipped models are a few hundred KB)."""
+
+
 def default_model_path() -> Path:
     """The shipped default model: models/default.onnx of the source tree or the install."""
     tree = Path(__file__).resolve().parents[2]  # amulet_stream/scoring/model.py -> the tree
@@ -205,6 +210,18 @@ class Model:
             scores.append(out[at + pos : at + pos + m].copy())
             at += n
         return scores
+
+    @property
+    def explains(self) -> bool:
+        """The graph gives per-feature residuals (RESIDUAL_NAME) besides the score."""
+        return RESIDUAL_NAME in {o.name for o in self._session.get_outputs()}
+
+    def residuals(self, vectors: F32) -> F32:
+        """Per-feature deviations (M, D) of raw vectors (NaN/inf rows zeroed); the model must
+        explain (see `explains`). Called when an alert starts, not per window."""
+        clean = np.where(np.isfinite(vectors), vectors, np.float32(0.0)).astype(np.float32)
+        res = self._session.run([RESIDUAL_NAME], {INPUT_NAME: clean})[0]
+        return np.asarray(res, dtype=np.float32).reshape(vectors.shape)
 
     def info(self) -> dict[str, Any]:
         """Metadata plus file facts, for `amulet-stream info` (parity inputs left out)."""

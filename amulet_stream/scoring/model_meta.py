@@ -11,6 +11,7 @@ from typing import Any
 from amulet_stream.audio.wav import RATES
 from amulet_stream.scoring.features import MFCC_IMAGE, Profile, ProfileError, profile_from_dict
 from amulet_stream.scoring.levels import level_range
+from amulet_stream.scoring.loudness import level_band
 
 FORMAT_VERSION = 1
 META_KEY = "amulet"
@@ -29,7 +30,6 @@ MAX_DIM = 8192
 """Most features per vector a profile may give (the shipped profiles: 3 to 880)."""
 _INT_PARAMS = ("rate", "window", "hop", "offset", "n_fft", "frame_hop", "n_mels", "n_mfcc",
                "stack", "stft_size")  # fmt: skip
-
 
 
 class ModelError(ValueError):
@@ -72,6 +72,7 @@ def parse_meta(props: dict[str, str], name: str) -> ModelMeta:
         raise ModelError(f"{name}: threshold {_short(doc['threshold'])} is not a positive number")
     try:
         level_range(doc)
+        level_band(doc)
     except ValueError as err:
         raise ModelError(f"{name}: {_short(err, 200)}") from err
     except OverflowError as err:
@@ -136,5 +137,3 @@ def _profile(data: object, name: str) -> Profile:
     if problems:
         raise ModelError(f"{name}: feature profile {p.name!r}: {'; '.join(problems)}")
     return p
-
-

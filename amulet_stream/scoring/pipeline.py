@@ -12,7 +12,9 @@ import numpy.typing as npt
 
 from amulet_stream.audio.resample import StreamResampler
 from amulet_stream.audio.sources import Block, FileSource
+from amulet_stream.scoring.commission import Learned, Site
 from amulet_stream.scoring.detector import Detector, DetectorSettings
+from amulet_stream.scoring.evidence import Evidence
 from amulet_stream.scoring.frames import VectorStream
 from amulet_stream.scoring.integrity import Change, IntegrityCheck
 from amulet_stream.scoring.model import Model
@@ -22,6 +24,7 @@ from amulet_stream.scoring.windows import WindowMeans
 _LOGGER = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
 
 
 class StreamPipeline:
@@ -40,9 +43,11 @@ class StreamPipeline:
         settings: DetectorSettings | None = None,
         hop: int | None = None,
         integrity: IntegrityCheck | None = None,
+        learned: Learned | None = None,
     ) -> None:
         """`hop`: vectors between window starts (default: the profile's serving hop);
-        `integrity`: the input checks at the source rate (None: none)."""
+        `integrity`: the input checks at the source rate (None: none); `learned`: what the
+        stream learned on site earlier (else it learns for settings.learn_seconds, if any)."""
         self.model = model
         self.profile = p = model.profile
         self.stream = stream
@@ -57,6 +62,9 @@ class StreamPipeline:
             )
         self.vectors = VectorStream(p)
         self.windows = WindowMeans(p.vectors, self.hop)
+        self.evidence = Evidence(model, self.hop)
+        self.site = Site(model, self.detector, self.evidence, learned)
+        """Commissioning: what the stream learned on site, or is learning."""
         self.stats = StreamStats()
         self.state: str | None = None
         """The stream's state as last announced: None until the first state record."""
@@ -106,7 +114,8 @@ class StreamPipeline:
             clean, first = self.model_input(vectors)
             scores = self.model.score_vectors(clean, first)
         scores = np.where(np.isfinite(vectors).all(axis=1), scores, np.float32(np.nan))
-        return records + self._windows(scores.astype(np.float32), t_batch)
+        levels = self.evidence.push(vectors, self.vectors.vectors)
+        return records + self._windows(scores.astype(np.float32), levels, t_batch)
 
     def model_input(self, vectors: F32) -> tuple[F32, int]:
         """The vectors as the model takes them (NaN/inf rows zeroed) and the stream index of the
@@ -182,7 +191,7 @@ class StreamPipeline:
             self._state("input_problem", base, when, reason=change.reason, detail=change.detail)
         )
 
-    def _windows(self, scores: F32, t_batch: float) -> list[Record]:
+    def _windows(self, scores: F32, levels: F64 | None, t_batch: float) -> list[Record]:
         means, index = self.windows.push(scores)
         self.stats.inference.append(time.perf_counter() - t_batch)
         finite = np.isfinite(means)
@@ -203,16 +212,23 @@ class StreamPipeline:
             self.stats.lags.extend(float(x) for x in time.time() - ends[finite])
         records: list[Record] = []
         thr = self.detector.threshold
-        for i, score, ok in zip(index.tolist(), means.tolist(), finite.tolist(), strict=True):
+        for n, (i, spectral, ok) in enumerate(
+            zip(index.tolist(), means.tolist(), finite.tolist(), strict=True)
+        ):
             if not ok:
                 continue
+            level = float(levels[n]) if levels is not None else float("nan")
+            floor = self.detector.settings.level_floor_db
+            term = self.evidence.term(level, self.site.threshold, floor)
+            extra = self.evidence.level_db(level)
+            score = spectral if term is None else max(spectral, term)
             t_start, t_end = self.unit_times(i)
             # a window over audio that is not the motor's (input problem) is reported, never
             # anomalous: the detector does not see it
             held = self.integrity is not None and self.integrity.troubled(
                 round(t_start * self._source_rate), round(t_end * self._source_rate)
             )
-            flag = not held and self.detector.is_anomalous(score)
+            flag = not held and not self.site.learning and self.detector.is_anomalous(score)
             self.stats.windows += 1
             self.stats.anomalous_windows += int(flag)
             self.stats.max_score = max(self.stats.max_score, score)
@@ -224,15 +240,26 @@ class StreamPipeline:
                 "score": score,
                 "threshold": thr,
             }
-            records.append({"event": "score", **base, "anomaly": flag})
+            records.append({"event": "score", **base, "anomaly": flag, **extra})
             if held:
                 continue
-            change = self.detector.update(score)
+            if self.site.learning:
+                when = None if self._t0 is None else self._t0 + t_end
+                if self.site.hear(spectral, level, (t_start, t_end)) and self.state != "learning":
+                    seconds = self.site.learning.seconds
+                    records.append(self._state("learning", base, when, learn_seconds=seconds))
+                if self.site.just_learned is not None and self.state == "learning":
+                    self.state = None  # the detector announces the next state afresh
+                continue
+            change = self.detector.update(spectral, term)
             if change is not None:
                 end_sample = p.offset + i * self.hop * p.step + p.span
                 when = None if self._t0 is None else self._t0 + end_sample / p.rate
                 self.stats.anomaly_events += int(change == "anomaly")
-                records.append(self._state(change, base, when))
+                why = extra
+                if change == "anomaly":
+                    why = self.evidence.changed(i, self.detector.cause())
+                records.append(self._state(change, base, when, **why, **self.site.doc()))
         return records
 
     def summary(self, processing_seconds: float) -> Record:

@@ -22,6 +22,8 @@ DETECTOR: dict[str, tuple[type, ...]] = {
     "burst_seconds": (int, float),
     "clear_seconds": (int, float),
     "clear_ratio": (int, float),
+    "level_floor_db": (int, float),
+    "learn_seconds": (int, float),
 }
 SOURCE: dict[str, tuple[type, ...]] = {
     "kind": (str,),
