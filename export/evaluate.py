@@ -69,12 +69,21 @@ class Scored:
     ends: F64
     scores: F64
     hop_seconds: float
+    level: F64 | None = None
+    """Each window's level term (NaN without one): a score equal to it was the level's."""
 
     def at_hop(self, hop: int) -> Scored:
         """The windows a pipeline with a hop of `hop` vectors scores."""
+        level = None if self.level is None else self.level[::hop]
         return Scored(
-            self.starts[::hop], self.ends[::hop], self.scores[::hop], self.hop_seconds * hop
+            self.starts[::hop], self.ends[::hop], self.scores[::hop], self.hop_seconds * hop, level
         )
+
+    def by_level(self, windows: I64) -> npt.NDArray[np.bool_]:
+        """Whether each of these windows scored by its level (not its spectrum)."""
+        if self.level is None:
+            return np.zeros(windows.size, bool)
+        return np.asarray(self.level[windows] >= self.scores[windows], bool)
 
 
 @dataclass
@@ -109,7 +118,7 @@ class _Collector:
 
     def __init__(self, model: Model, rate: int) -> None:
         self.pipe = StreamPipeline(model, rate, hop=1)
-        self.rows: list[tuple[float, float, float]] = []
+        self.rows: list[tuple[float, float, float, float]] = []
         self.cpu = 0.0
 
     def feed(self, samples: F32) -> None:
@@ -119,12 +128,21 @@ class _Collector:
 
     def finish(self) -> Scored:
         self.keep(self.pipe.finish())
-        arr = np.array(self.rows, np.float64).reshape(-1, 3)
+        arr = np.array(self.rows, np.float64).reshape(-1, 4)
         p = self.pipe.profile
-        return Scored(arr[:, 0], arr[:, 1], arr[:, 2], p.step / p.rate)
+        return Scored(arr[:, 0], arr[:, 1], arr[:, 2], p.step / p.rate, arr[:, 3])
 
     def keep(self, recs: list[dict[str, Any]]) -> None:
-        self.rows += [(r["start"], r["end"], r["score"]) for r in recs if r["event"] == "score"]
+        band, evidence = self.pipe.evidence.band, self.pipe.evidence
+        floor = self.pipe.detector.settings.level_floor_db
+        for r in recs:
+            if r["event"] != "score":
+                continue
+            term = float("nan")
+            if band is not None and "level_db" in r:
+                level = r["level_db"] + band.median_db
+                term = evidence.term(level, self.pipe.site.threshold, floor) or term
+            self.rows.append((r["start"], r["end"], r["score"], term))
 
 
 def score_file(model: Model, path: Path) -> Scored:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -61,6 +61,9 @@ class Outcome:
     benign_alarms: int
     early_alarms: int
     """Alerts in fault recordings before the fault started."""
+    level_reported: list[str] = field(default_factory=list)
+    """Level-change recordings whose every alert was caused by the level: reported as a level
+    change (not counted as non-fault alarms); the others stayed quiet or alarmed otherwise."""
 
     @property
     def median_delay(self) -> float:
@@ -78,11 +81,15 @@ def outcome(res: Result, corp: Corpus, st: Setting, hours: float) -> Outcome:
     """Detector results of one candidate on the whole corpus under one setting."""
     det = st.detector()
     hits, delays, missed, benign, early = 0, [], [], 0, 0
+    level: list[str] = []
     faults = [r for r in corp.test if r.is_fault]
     for rec in corp.test:
         s = res.scored[rec.name].at_hop(st.hop)
         alerts = detect(s, res.threshold, det)
         if not rec.is_fault or rec.fault is None:
+            if rec.kind == "level_change" and alerts.size and s.by_level(alerts).all():
+                level.append(rec.name)  # a level change reported as one: not a false alarm
+                continue
             benign += alerts.size
             continue
         on, off = rec.fault
@@ -97,7 +104,7 @@ def outcome(res: Result, corp: Corpus, st: Setting, hours: float) -> Outcome:
     fa = float("nan")
     if res.normal is not None and hours > 0:
         fa = detect(res.normal.at_hop(st.hop), res.threshold, det).size * 24.0 / hours
-    return Outcome(hits, len(faults), delays, missed, fa, benign, early)
+    return Outcome(hits, len(faults), delays, missed, fa, benign, early, level)
 
 
 def choose(res: Result, corp: Corpus, hours: float) -> tuple[Setting, Outcome]:

@@ -122,7 +122,13 @@ def test_dashboard_inputs_variables_and_panels() -> None:
     assert state["type"] == "state-timeline"
     (mapping,) = state["fieldConfig"]["defaults"]["mappings"]
     texts = {k: v["text"] for k, v in mapping["options"].items()}
-    assert texts == {"0": "normal", "1": "anomaly", "2": "input problem", "3": "down"}
+    assert texts == {
+        "0": "normal",
+        "1": "anomaly",
+        "2": "input problem",
+        "3": "down",
+        "4": "learning",
+    }
 
 
 def test_dashboard_uses_only_exported_metrics() -> None:

@@ -9,6 +9,7 @@ import os
 import sys
 
 from amulet_stream.audio.devices import DeviceError, list_inputs
+from amulet_stream.cli.learn import learn_command
 from amulet_stream.cli.options import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from amulet_stream.cli.parser import build_parser
 from amulet_stream.cli.record import record_command
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "replay":
             return replay(args)
+        if args.command == "learn":
+            return learn_command(args)
         if args.command == "record":
             return record_command(args)
         return run(args)

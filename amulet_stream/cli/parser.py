@@ -13,7 +13,7 @@ from amulet_stream.scoring.detector import RENAMED
 
 DESCRIPTION = """\
 amulet-stream: run (live), replay (wav as a fake stream), record (training audio through
-the live path), devices, info.
+the live path), learn (a running daemon learns a stream's site again), devices, info.
 
 Standard output: one JSON object per line; logs on standard error.
 Exit codes: 0 ok (also when the reader of standard output went away, e.g. `| head`); 1 replay
@@ -159,6 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--buffer", type=float, default=10.0, help="ring buffer, seconds (10)")
     rec.add_argument("--force", action="store_true", help="overwrite an existing output file")
     rec.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+
+    learn = sub.add_parser(
+        "learn", help="ask a running daemon to learn a stream's site again (commissioning)"
+    )
+    learn.add_argument("--state-dir", metavar="DIR", help="the daemon's state directory")
+    learn.add_argument("--config", type=Path, help="the daemon's config (its state_dir)")
+    learn.add_argument("--stream", metavar="ID", help="the stream to learn again (required)")
+    learn.add_argument(
+        "--seconds", type=float, help="seconds of audio to learn from (the stream's own)"
+    )
+    learn.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
 
     sub.add_parser("devices", help="list input devices")
     i = sub.add_parser("info", help="print a model's metadata as JSON")

@@ -22,7 +22,7 @@ from amulet_stream.scoring.integrity import REASONS
 
 SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5, 2.0, 5.0)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-STATE_VALUES = {"normal": 0, "anomaly": 1, "input_problem": 2, "down": 3}
+STATE_VALUES = {"normal": 0, "anomaly": 1, "input_problem": 2, "down": 3, "learning": 4}
 INPUT_PROBLEM_REASONS = REASONS
 MQTT_KINDS = ("alert", "state", "score", "other")
 RELOAD_RESULTS = ("ok", "refused")
@@ -73,8 +73,15 @@ class Metrics:
         )
         self.state = Gauge(
             "amulet_state",
-            "Current state of the stream: 0 normal, 1 anomaly, 2 input_problem, 3 down; "
-            "absent until the stream's first state change.",
+            "Current state of the stream: 0 normal, 1 anomaly, 2 input_problem, 3 down, "
+            "4 learning (commissioning); absent until the stream's first state change.",
+            s,
+            registry=registry,
+        )
+        self.suspect = Gauge(
+            "amulet_learned_suspect",
+            "1 when what the stream learned on site is far from the model's training audio "
+            "(commissioning may have learned a fault), else 0.",
             s,
             registry=registry,
         )
@@ -188,7 +195,8 @@ class Metrics:
         self._reasons: dict[str, set[str]] = {}
         self._per_stream: tuple[Counter | Gauge | Histogram | Info, ...] = (
             *(self.windows, self.anomalous, self.alerts, self.score, self.last_score),
-            *(self.threshold, self.state, self.last_window, self.inference, self.lag),
+            *(self.threshold, self.state, self.suspect, self.last_window, self.inference),
+            self.lag,
             *(self.overflows, self.level, self.clipped, self.source_up, self.source_reopens),
             *(self.clips, self.clip_errors, self.model),
         )
@@ -201,6 +209,7 @@ class Metrics:
         """Labels exist from the start, so dashboards show zeros rather than gaps (no state)."""
         self.model.labels(stream).info({"sha256": model_sha256, "profile": profile})
         self.threshold.labels(stream).set(threshold)
+        self.suspect.labels(stream).set(0)
         for c in (
             self.windows,
             self.anomalous,

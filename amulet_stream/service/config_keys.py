@@ -68,6 +68,7 @@ TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "homeassistant": (bool,),
         "discovery_prefix": (str,),
         "score_interval": (int, float),
+        "commands": (bool,),
     },
     "metrics": {
         "listen": (str,),

@@ -33,6 +33,7 @@ from amulet_stream.scoring.pipeline import F32, StreamPipeline
 from amulet_stream.scoring.records import Record
 from amulet_stream.service.config import Config
 from amulet_stream.service.feeds import Opened, Stream, source_name, status_line, windows_scored
+from amulet_stream.service.learned import Commissioner
 from amulet_stream.service.notify import Heartbeat, Notifier
 from amulet_stream.service.reload import reread
 from amulet_stream.service.sinks import Sinks
@@ -83,6 +84,7 @@ class Daemon:
         for st in self.streams.values():
             self._announce(st)
         self.sinks.prune({st.id for st in self.streams.values()})
+        self.commissioner = Commissioner(state_dir(cfg), self.sinks)
         self.sources = Supervisor(
             cfg.daemon, self.sinks, self._finish, self.wake, buffer_seconds, duration
         )
@@ -121,6 +123,7 @@ class Daemon:
                     self._reload = False
                     self._do_reload()
                 self._tick()
+                self.commissioner.tick(self.streams)
                 code = self.sources.check(self.streams)
                 self.sinks.relisten()
                 self.heartbeat.beat(windows_scored(self.streams), self._status)
@@ -200,7 +203,8 @@ class Daemon:
         integrity = IntegrityCheck(rate, level_range(st.model.meta.raw), self.cfg.integrity)
         hop = st.model.profile.vectors_for_hop(c.model.hop)
         file = str(c.source.path) if c.source.kind == "file" else None
-        st.pipe = StreamPipeline(st.model, rate, st.id, file, c.detector, hop, integrity)
+        learned = self.commissioner.restore(st)
+        st.pipe = StreamPipeline(st.model, rate, st.id, file, c.detector, hop, integrity, learned)
         st.rate = rate
         if self.clips is not None:
             st.clip = ClipRecorder(self.clips, st.id, rate, st.model.sha256)

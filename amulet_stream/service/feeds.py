@@ -21,6 +21,7 @@ from amulet_stream.audio.sources import (
 )
 from amulet_stream.audio.wav import WavError, read_info, select_channel
 from amulet_stream.outputs.clips import ClipRecorder
+from amulet_stream.scoring.commission import Learned
 from amulet_stream.scoring.model import Model
 from amulet_stream.scoring.pipeline import F32, StreamPipeline
 from amulet_stream.service.config import StreamConfig
@@ -99,6 +100,8 @@ class Stream:
     """The source's rate (Hz) since it last opened."""
     down: bool = False
     ended: bool = False
+    learned: Learned | None = None
+    """What the stream learned on site (kept across a reopen of its source)."""
 
     @property
     def id(self) -> str:

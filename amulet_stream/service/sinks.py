@@ -15,6 +15,7 @@ from amulet_stream.http.submit import SubmitLimits
 from amulet_stream.outputs.jsonl import JsonLines
 from amulet_stream.outputs.metrics import Metrics
 from amulet_stream.outputs.mqtt.sink import MqttSink
+from amulet_stream.scoring.commission import Learned
 from amulet_stream.scoring.model import Model
 from amulet_stream.scoring.records import Record, StreamStats
 from amulet_stream.service.config import Config
@@ -114,6 +115,19 @@ class Sinks:
             self.metrics.stream_started(stream, model.sha256, model.profile.name, threshold)
             self.metrics.source_up.labels(stream).set(1)
             self.metrics.ready |= not self.live  # live: once audio flows (audio_flows)
+
+    def learned(self, stream: str, model: Model, threshold: float, learned: Learned) -> None:
+        """A stream learned its site: its new threshold (metrics, Home Assistant) and whether
+        what it learned looks like a fault."""
+        if self.mqtt is not None:
+            self.mqtt.add_stream(stream, threshold, model.sha256)
+        if self.metrics is not None:
+            self.metrics.threshold.labels(stream).set(threshold)
+            self.metrics.suspect.labels(stream).set(int(learned.suspect is not None))
+
+    def commands(self) -> list[tuple[str, float]]:
+        """Requests to learn again that arrived over MQTT: (stream, seconds or 0)."""
+        return self.mqtt.take_commands() if self.mqtt is not None else []
 
     def prune(self, streams: set[str]) -> None:
         """Forget (in Home Assistant) streams announced before and no longer configured."""

@@ -30,6 +30,8 @@ from amulet_stream.outputs.mqtt.outbox import Message
 from amulet_stream.outputs.mqtt.settings import MqttConfigError, MqttSettings
 
 _LOGGER = logging.getLogger(__name__)
+MAX_COMMAND = 1024
+"""Bytes of a command payload read at most."""
 
 
 class Sent(Enum):
@@ -68,6 +70,8 @@ class Connection:
         self._wake = wake
         self._notes: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._outages = Outages(f"{settings.host}:{settings.port}", client_id, queued)
+        self.commands: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        """(topic, payload) of command messages, for the sink to read."""
         self.acks: dict[int, ReasonCode] = {}
         """mid -> PUBACK reason of refused messages (written by paho, popped by publish)."""
         self._client = self._make_client()
@@ -169,6 +173,8 @@ class Connection:
         client.publish(self.availability_topic, "online", qos=1, retain=True)
         if self.settings.homeassistant:
             client.subscribe(f"{self.settings.discovery_prefix}/status", qos=1)
+        if self.settings.commands:
+            client.subscribe(f"{self.settings.prefix}/+/command", qos=1)
         self.connected = True
         self._notes.put(("connected", None))
         self._wake.set()
@@ -211,6 +217,8 @@ class Connection:
         if msg.topic == f"{self.settings.discovery_prefix}/status" and msg.payload == b"online":
             self._notes.put(("ha-online", None))
             self._wake.set()
+        elif self.settings.commands and msg.topic.endswith("/command") and not msg.retain:
+            self.commands.put((msg.topic, bytes(msg.payload[:MAX_COMMAND])))
 
     # -- sender thread --------------------------------------------------------------------
 

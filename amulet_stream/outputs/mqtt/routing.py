@@ -3,13 +3,19 @@ and Home Assistant's score interval (the highest window of each interval)."""
 
 from __future__ import annotations
 
+import json
+import logging
+import queue
 from dataclasses import dataclass
 from typing import Any
 
 from amulet_stream import __version__
 from amulet_stream.scoring.records import utc_iso
+from amulet_stream.text import STREAM_ID
 
-STATES = ("normal", "anomaly", "input_problem", "down")
+_LOGGER = logging.getLogger(__name__)
+
+STATES = ("normal", "anomaly", "input_problem", "down", "learning")
 """Events published as the stream's retained state and as an alert."""
 
 
@@ -51,3 +57,39 @@ def with_defaults(record: dict[str, Any], model_sha256: str | None) -> dict[str,
     body.setdefault("model_sha256", model_sha256)
     body.setdefault("version", __version__)
     return body
+
+
+def parse_command(payload: bytes) -> float | None:
+    """A command's learn_seconds ({"learn_seconds": N}, 0 < N <= 86400; null: the stream's
+    own, given as 0), or None for anything else."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or set(doc) != {"learn_seconds"}:
+        return None
+    seconds = doc["learn_seconds"]
+    if seconds is None:
+        return 0.0
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return None
+    return float(seconds) if 0 < seconds <= 86400 else None
+
+
+def take_commands(
+    received: queue.SimpleQueue[tuple[str, bytes]], prefix: str
+) -> list[tuple[str, float]]:
+    """The (stream, learn_seconds) of the command messages (topic, payload) received so far;
+    malformed ones are logged and dropped."""
+    out: list[tuple[str, float]] = []
+    while True:
+        try:
+            topic, payload = received.get_nowait()
+        except queue.Empty:
+            return out
+        stream = topic[len(prefix) + 1 : -len("/command")]
+        seconds = parse_command(payload)
+        if seconds is None or not STREAM_ID.fullmatch(stream):
+            _LOGGER.warning("mqtt: command on %s not understood: %r", topic, payload[:200])
+            continue
+        out.append((stream, seconds))

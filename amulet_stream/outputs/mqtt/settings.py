@@ -37,6 +37,9 @@ class MqttSettings:
     """Publish every window's score (QoS 0) to <prefix>/<stream>/score."""
     homeassistant: bool = False
     discovery_prefix: str = "homeassistant"
+    commands: bool = False
+    """Take commands on <prefix>/<stream>/command ({"learn_seconds": N}: learn the site again).
+    Off by default: whoever may publish there could make the monitor learn a fault."""
     score_interval: float = 10.0
     """Seconds between score messages when homeassistant is on and scores off (max score)."""
 

@@ -30,7 +30,7 @@ from amulet_stream.outputs.mqtt.homeassistant import (
     node_id,
 )
 from amulet_stream.outputs.mqtt.outbox import Message
-from amulet_stream.outputs.mqtt.routing import STATES, StreamInfo, with_defaults
+from amulet_stream.outputs.mqtt.routing import STATES, StreamInfo, take_commands, with_defaults
 from amulet_stream.outputs.mqtt.settings import MqttConfigError, MqttSettings, check_topic_part
 from amulet_stream.outputs.mqtt.spool import DurableOutbox, SpoolError, open_outbox
 from amulet_stream.outputs.mqtt.states import RetainedStates
@@ -164,6 +164,11 @@ class MqttSink:
         with self._lock:
             self._states.put(stream, state)
         self._enqueue_text(self.topic(stream, "state"), state, 1, True, "state")
+
+    def take_commands(self) -> list[tuple[str, float]]:
+        """Commands received on <prefix>/<stream>/command: (stream, learn_seconds, or 0 for
+        the stream's own); malformed ones are logged and dropped."""
+        return take_commands(self._link.commands, self.settings.prefix)
 
     def queued(self) -> int:
         """Messages waiting in the outbox."""
