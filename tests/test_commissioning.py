@@ -30,13 +30,14 @@ FAULT_AT = 40.0
 
 @pytest.fixture(scope="module")
 def rumble(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """60 s of a motor with a background rumble throughout, the same with a bearing fault from
-    40 s, and 12 s of the rumble alone."""
+    """60 s of a motor with a steady background rumble (the top of a 300 s passing rumble,
+    within 0.5 dB of its peak), the same with rubbing from 40 s, and 12 s alone."""
     d = tmp_path_factory.mktemp("rumble")
-    x = generate(60.0, RATE, seed=3, fault=Fault("background", 0.0, 60.0, 0.8))
+    whole = generate(300.0, RATE, seed=3, fault=Fault("background", 0.0, 300.0, 0.4))
+    x = whole[120 * RATE : 180 * RATE]
     out = {"rumble": d / "rumble.wav", "fault": d / "fault.wav", "short": d / "short.wav"}
     write_wav(out["rumble"], x, RATE)
-    write_wav(out["fault"], inject(x, RATE, Fault("bearing", FAULT_AT, 60.0, 0.8), seed=7), RATE)
+    write_wav(out["fault"], inject(x, RATE, Fault("rubbing", FAULT_AT, 60.0, 0.8), seed=7), RATE)
     write_wav(out["short"], x[: 12 * RATE], RATE)
     return out
 

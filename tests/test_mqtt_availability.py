@@ -53,6 +53,8 @@ def change(stream: str, event: str, **extra: Any) -> dict[str, Any]:
         "time": "2024-03-01T12:00:00.000Z",
         "event_id": str(uuid.uuid4()),
     }
+    if event == "anomaly":  # what an anomaly says changed, as the pipeline writes it
+        rec |= {"level_db": 0.4, "level_ref": "model", "cause": "spectrum", "bands": []}
     return {**rec, **extra}
 
 

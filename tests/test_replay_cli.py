@@ -65,7 +65,9 @@ def test_end_to_end_fault_is_reported(fault_wav: Path) -> None:
     assert summary["event"] == "summary" and summary["verdict"] == "defect"
     # 30 s: 934 vectors of 32 ms, windows of 26 every 8 (0.256 s)
     assert summary["windows"] == (934 - 26) // 8 + 1 and summary["audio_seconds"] == 30.0
-    assert 35 <= summary["anomalies"] <= 50  # windows overlapping the 10 s fault: about 43
+    # windows overlapping the 10 s fault: about 43; at the threshold calibrated on held-out
+    # stretches (0.326, was 0.318) the fault's first and last windows stay below it: 34
+    assert 30 <= summary["anomalies"] <= 50
     assert proc.stderr.count("resampling 44100 Hz -> 16000 Hz") == 1
     assert run("replay", fault_wav).returncode == 0  # without --fail-on-anomaly
 

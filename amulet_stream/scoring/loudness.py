@@ -20,7 +20,7 @@ DB_FEATURES = frozenset({"logmel-v1"})
 def vector_power(vectors: F32, frame_dim: int) -> F32:
     """Mean linear power of the log-mel bands (dB) of each vector's first frame: (M,) float32.
     A window's level is 10 log10 of the mean over its vectors (WindowMeans, as for scores)."""
-    first = vectors[:, :frame_dim].astype(np.float64)
+    first = np.clip(vectors[:, :frame_dim].astype(np.float64), -300.0, 300.0)  # no overflow
     return np.asarray(np.mean(np.power(10.0, first / 10.0), axis=1), np.float32)
 
 
