@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from amulet_stream.audio.wav_write import write_wav
@@ -23,6 +24,7 @@ from amulet_stream.synth.spec import Fault
 from .servers import Mosquitto, Subscriber, have, wait_until
 from .test_daemon import Daemon, stream
 
+ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "amulet-stream"
 RATE = 16000
 FAULT_AT = 40.0
@@ -179,6 +181,9 @@ def test_a_running_daemon_learns_again_when_asked(
                 10,
                 "the learning state over MQTT",
             )
+            schema = json.loads((ROOT / "docs" / "schemas" / "mqtt-state.schema.json").read_text())
+            for m in sub.on("amulet/m1/state"):  # learning, and the learned values after it
+                jsonschema.validate(json.loads(m.payload), schema)
     finally:
         d.stop()
         sub.close()
