@@ -59,6 +59,7 @@ def write(
             "benign_alarms": o.benign_alarms,
             "early_alarms": o.early_alarms,
             "level_changes_reported": o.level_reported,
+            "background_commissioned_alarms": res.commissioned,
             "groups": {
                 g: {
                     "auc": round(auc(neg, pos.get(g, np.zeros(0))), 4),
@@ -166,6 +167,18 @@ def _markdown(doc: dict[str, Any], corp: Corpus) -> str:
     ]
     for name, c in cands.items():
         lines.append(f"- {name}: {', '.join(c['missed']) or 'none'}")
+    learned = {n: c["background_commissioned_alarms"] for n, c in cands.items()}
+    if any(learned.values()):
+        lines += [
+            "",
+            "Background recordings with commissioning: the stream first learns its site on all "
+            "of the other background recording of the same strength (`learn_seconds`, default "
+            "detector), then hears this one. Alerts per recording:",
+            "",
+        ]
+        for name, alarms in learned.items():
+            each = ", ".join(f"{k} {v}" for k, v in alarms.items())
+            lines.append(f"- {name}: {sum(alarms.values())} alarms ({each})")
     lines += [
         "",
         "![ROC curves](roc.png)",

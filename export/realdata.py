@@ -57,6 +57,8 @@ class Tested:
     """Seconds from the recording's start to the end of the first alerting window."""
     cause: str | None
     windows: F64 = field(repr=False, default_factory=lambda: np.zeros(0))
+    spectral: float = float("nan")
+    """Mean of the spectral window scores alone (the level term switched off)."""
 
 
 @dataclass
@@ -120,6 +122,9 @@ def replay_one(model: Model, path: Path, label: str, fold: int) -> Tested:
     scores = np.array([r["score"] for r in records if r["event"] == "score"], np.float64)
     alerts = [r for r in records if r["event"] == "anomaly"]
     first = alerts[0] if alerts else None
+    alone = StreamPipeline(model, info.rate, "evaluate", str(path))
+    alone.evidence.band = None  # the same windows without the level term
+    spectral = [r["score"] for r in replay(alone, FileSource(info)) if r["event"] == "score"]
     return Tested(
         path,
         label,
@@ -130,6 +135,7 @@ def replay_one(model: Model, path: Path, label: str, fold: int) -> Tested:
         float(first["end"]) if first else None,
         str(first.get("cause")) if first else None,
         scores,
+        float(np.mean(spectral)) if spectral else float("nan"),
     )
 
 

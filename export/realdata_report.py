@@ -5,6 +5,7 @@ each recording's score against its threshold."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,17 @@ F64 = npt.NDArray[np.float64]
 PAUC_FPR = 0.1
 
 
-def _per_fold(tested: list[Tested], value: dict[Path, float] | None = None) -> list[F64]:
-    """AUC and pAUC of every fold: [aucs, paucs] over the fold's normal against the anomalies
-    (scores: the recordings' mean window scores, or `value` per path)."""
+def _mean(t: Tested) -> float:
+    """A recording's clip score: the mean of its window scores."""
+    return t.score
+
+
+def _per_fold(tested: list[Tested], score: Callable[[Tested], float] = _mean) -> list[F64]:
+    """AUC and pAUC of every fold: [aucs, paucs] over the fold's normal against the anomalies,
+    a recording scored by `score` (default: its mean window score)."""
     aucs, paucs = [], []
     for fold in sorted({t.fold for t in tested}):
         mine = [t for t in tested if t.fold == fold]
-
-        def score(t: Tested) -> float:
-            return value[t.path] if value is not None else t.score
-
         neg = np.array([score(t) for t in mine if t.label == "normal"])
         pos = np.array([score(t) for t in mine if t.label == "anomaly"])
         aucs.append(auc(neg, pos))
@@ -39,6 +41,7 @@ def _per_fold(tested: list[Tested], value: dict[Path, float] | None = None) -> l
 def summarise(out: Outcome, folds: int, anomalies: int) -> dict[str, Any]:
     """One candidate's figures over every fold."""
     aucs, paucs = _per_fold(out.tested)
+    spectral = _per_fold(out.tested, lambda t: t.spectral)[0]
     normal = [t for t in out.tested if t.label == "normal"]
     anomalous = [t for t in out.tested if t.label == "anomaly"]
     delays = [t.delay for t in anomalous if t.delay is not None]
@@ -48,6 +51,7 @@ def summarise(out: Outcome, folds: int, anomalies: int) -> dict[str, Any]:
         "auc": round(float(aucs.mean()), 3),
         "auc_range": [round(float(aucs.min()), 3), round(float(aucs.max()), 3)],
         "pauc": round(float(paucs.mean()), 3),
+        "spectrum_auc": round(float(spectral.mean()), 3),
         "anomalies_alerted": sum(t.alerted for t in anomalous),
         "anomalies_tested": len(anomalous),
         "anomalies_alerted_per_fold": round(sum(t.alerted for t in anomalous) / folds, 1),
@@ -89,7 +93,7 @@ def write(
         "candidates": {o.name: summarise(o, folds, len(data.anomaly)) for o in outcomes},
     }
     if outcomes:
-        aucs, paucs = _per_fold(outcomes[0].tested, level)
+        aucs, paucs = _per_fold(outcomes[0].tested, lambda t: level[t.path])
         doc["loudness"] = {"auc": round(float(aucs.mean()), 3)}
         doc["loudness"]["pauc"] = round(float(paucs.mean()), 3)
     (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -108,27 +112,30 @@ def markdown(doc: dict[str, Any]) -> str:
         "over the normal recordings (each tested once, by a model that never heard it); every "
         "anomalous recording is tested in every fold. Command: `" + doc["command"] + "`.",
         "",
-        "| candidate | clip AUC (fold range) | pAUC (FPR <= 0.1) | anomalous alerted | "
-        "normal alerted | median delay | causes |",
-        "|---|---|---|---|---|---|---|",
+        "| candidate | clip AUC (fold range) | pAUC (FPR <= 0.1) | spectrum alone: clip AUC | "
+        "anomalous alerted | normal alerted | median delay | causes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, c in doc["candidates"].items():
         lo, hi = c["auc_range"]
         causes = ", ".join(f"{k} {v}" for k, v in c["causes"].items()) or "-"
         delay = "-" if c["median_delay_s"] is None else f"{c['median_delay_s']} s"
         lines.append(
-            f"| {name} | {c['auc']} ({lo}-{hi}) | {c['pauc']} | {c['anomalies_alerted']} / "
+            f"| {name} | {c['auc']} ({lo}-{hi}) | {c['pauc']} | {c['spectrum_auc']} | "
+            f"{c['anomalies_alerted']} / "
             f"{c['anomalies_tested']} | {c['normal_alerted']} / {c['normal_tested']} | {delay} | "
             f"{causes} |"
         )
     if loud:
         lines.append(
             f"| loudness alone (RMS dB, no model) | {loud['auc']} | {loud['pauc']} "
-            "| - | - | - | - |"
+            "| - | - | - | - | - |"
         )
     lines += [
         "",
         "Clip score: the mean of a recording's window scores. AUC and pAUC: per fold, averaged. "
+        "Spectrum alone: the same models' clip AUC with the level term switched off (what "
+        "they would see on a machine whose faults do not change its loudness). "
         "Alerts: the runtime's default detector on the model's calibrated threshold. Delay: "
         "from the recording's start to the end of the first alerting window.",
         "",

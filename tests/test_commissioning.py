@@ -188,3 +188,16 @@ def test_a_running_daemon_learns_again_when_asked(
         d.stop()
         sub.close()
         broker.stop()
+
+
+def test_the_evaluation_measures_commissioning(rumble: dict[str, Path], tmp_path: Path) -> None:
+    """`evaluate`'s background-with-commissioning figure runs the runtime's commissioning: a
+    stream that learned on 12 s of the rumble stays quiet on the rumble, one that learned on
+    the clean motor does not."""
+    from amulet_export.evaluate import commissioned_alerts
+
+    clean = tmp_path / "clean.wav"
+    write_wav(clean, generate(12.0, RATE, seed=3), RATE)
+    model = Model(default_model_path())
+    assert commissioned_alerts(model, rumble["short"], rumble["rumble"]) == 0
+    assert commissioned_alerts(model, clean, rumble["rumble"]) >= 1

@@ -40,9 +40,11 @@ def test_real_fan_cross_validated_by_whole_recording(tmp_path: Path) -> None:
         assert len(normal) == 20 and len({r["name"] for r in normal}) == 20, name  # once each
         assert c["anomalies_tested"] == 40, name
         assert c["auc"] >= 0.9, (name, c["auc"])
+        assert 0.0 <= c["spectrum_auc"] <= 1.0, (name, c["spectrum_auc"])  # measured, not NaN
         assert c["normal_alerted"] == 0, (name, c["normal_alerted_names"])
         assert c["anomalies_alerted"] >= 36, (name, c["anomalies_alerted"])
     table = (out / "evaluation.md").read_text()
+    assert "| loudness alone" in table and "spectrum alone: clip AUC" in table
     assert "| loudness alone" in table and all(f"| {n} |" in table for n in doc["candidates"])
     for png in ("roc.png", "recordings.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
