@@ -136,7 +136,8 @@ def _train_into(
     x_train, x_held = augment(profile, data.vectors[train_idx]), data.vectors[held_idx]
     if profile.name == "logmel-v1":
         _LOGGER.info(
-            "training vectors also at overall gains of %s dB: a level change that small is normal",
+            "training vectors also at overall gains of %s dB: the spectral score ignores the "
+            "level, which the level range judges on its own",
             "/".join(f"{g:+g}" for g in GAIN_DB),
         )
     scale, bias, scaler_doc = scaler(profile, x_train)

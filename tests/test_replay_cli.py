@@ -227,6 +227,8 @@ def test_careless_flags_are_refused_before_the_replay(fault_wav: Path, tmp_path:
         (["--plot", tmp_path / "missing" / "x.png"], "does not exist"),
         (["--plot", tmp_path / "x.txt"], "ending in .png, .svg or .pdf"),
         (["--k", "3"], "--k counted windows and is gone"),
+        (["--learn", "-5"], "--learn must be in [0, 86400] s"),
+        (["--level-floor-db", "0"], "--level-floor-db must be in (0, 60] dB"),
     ):
         proc = run("replay", fault_wav, *args)
         assert proc.returncode == 2 and words in proc.stderr, (args, proc.stderr)

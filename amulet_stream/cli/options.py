@@ -20,6 +20,8 @@ EXIT_OK, EXIT_ANOMALY, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 BUFFERS = (0.5, 600.0)
 """--buffer range, seconds."""
 T = TypeVar("T")
+DET_FLAGS = {"learn_seconds": "learn"}
+"""Detector settings whose flag is not their name."""
 
 
 class UsageError(ValueError):
@@ -97,14 +99,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
         )
     src = flagged(cfg.source, source)
     streams = tuple(
-        StreamConfig(s.source, flagged(s.model, model), flagged(s.detector, det))
+        StreamConfig(s.source, flagged(s.model, model), flagged(s.detector, det, DET_FLAGS))
         for s in cfg.streams
     )
     return dataclasses.replace(
         cfg,
         source=src,
         model=flagged(cfg.model, model),
-        detector=flagged(cfg.detector, det),
+        detector=flagged(cfg.detector, det, DET_FLAGS),
         mqtt=mqtt,
         metrics=metrics,
         streams=streams,

@@ -57,7 +57,7 @@ class DetectorSettings:
         if not 0 < self.clear_seconds <= 3600 or not 0 < self.clear_ratio <= 1:
             raise ValueError("clear_seconds must be in (0, 3600] and clear_ratio in (0, 1]")
         if not 0 <= self.learn_seconds <= 86400:
-            raise ValueError(f"learn_seconds must be in [0, 86400], got {self.learn_seconds}")
+            raise ValueError(f"learn_seconds must be in [0, 86400] s, got {self.learn_seconds}")
         if not 0 < self.level_floor_db <= 60:
             raise ValueError(f"level_floor_db must be in (0, 60] dB, got {self.level_floor_db}")
         if not 0 < self.sensitivity <= 10:
