@@ -76,9 +76,7 @@ def test_commissioning_learns_the_rumble_and_still_alerts_on_the_fault(
     assert alerts[0]["level_ref"] == "commissioned"
 
 
-def test_a_restarted_daemon_keeps_what_it_learned(
-    rumble: dict[str, Path], tmp_path: Path
-) -> None:
+def test_a_restarted_daemon_keeps_what_it_learned(rumble: dict[str, Path], tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     state = tmp_path / "state"
     cfg.write_text(
@@ -173,11 +171,13 @@ def test_a_running_daemon_learns_again_when_asked(
             wait_until(again, 15, "learning again")
             assert time.monotonic() - asked < 10
             wait_until(
-                lambda: sum(
-                    json.loads(m.payload).get("state") == "learning"
-                    for m in sub.on("amulet/m1/state")
-                )
-                >= 2,
+                lambda: (
+                    sum(
+                        json.loads(m.payload).get("state") == "learning"
+                        for m in sub.on("amulet/m1/state")
+                    )
+                    >= 2
+                ),
                 10,
                 "the learning state over MQTT",
             )

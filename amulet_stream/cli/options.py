@@ -173,5 +173,3 @@ def check_buffer(seconds: float) -> None:
         raise UsageError(
             f"--buffer must be between {BUFFERS[0]:g} and {BUFFERS[1]:g} seconds, not {seconds:g}"
         )
-
-

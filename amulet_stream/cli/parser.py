@@ -175,5 +175,3 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print a model's metadata as JSON")
     i.add_argument("model", type=Path)
     return p
-
-

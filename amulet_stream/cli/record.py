@@ -34,6 +34,7 @@ from amulet_stream.outputs.jsonl import JsonLines, Progress
 
 _LOGGER = logging.getLogger(__name__)
 
+
 class _Stop:
     """SIGINT/SIGTERM handler: ends the capture early, keeping what was recorded."""
 
@@ -224,5 +225,3 @@ def record_command(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
     JsonLines(scores=False).emit(summary)
     return EXIT_OK
-
-

@@ -16,8 +16,6 @@ MIN_BUFFER_SECONDS = 0.5
 """Smallest ring buffer (s): two of the 0.25 s blocks the processing loop takes."""
 
 
-
-
 class RecordError(Exception):
     """A recording that cannot start or that failed; nothing was left behind."""
 

@@ -22,6 +22,7 @@ SILENCE_RMS_DBFS = -70.0
 CLIP_LEVEL = 32767 / 32768
 """Samples at or beyond this magnitude (full scale, within one 16-bit step) count as clipped."""
 
+
 def dbfs(level: float) -> float | None:
     """Amplitude (full scale 1.0) in dBFS rounded to 0.01 dB; None for digital silence."""
     return round(20.0 * math.log10(level), 2) + 0.0 if level > 0 else None  # + 0.0: no -0.0

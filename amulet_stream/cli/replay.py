@@ -175,5 +175,3 @@ def _deliver(records: list[Record], sinks: Sinks, rows: list[Record] | None) -> 
         if rows is not None and rec["event"] == "score":
             rows.append(rec)
         sinks.record(rec)
-
-

@@ -29,5 +29,3 @@ def run(args: argparse.Namespace) -> int:
         duration=args.duration,
     )
     return daemon.run()
-
-

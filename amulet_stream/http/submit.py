@@ -22,6 +22,7 @@ BLOCK_SAMPLES = 1 << 18
 """Samples decoded per block while scoring, all channels and after resampling: bounds memory
 whatever the header says."""
 
+
 @dataclass(frozen=True)
 class SubmitLimits:
     """Bounds on POST /submit: bytes, audio length, concurrency and time."""

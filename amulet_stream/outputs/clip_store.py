@@ -30,7 +30,6 @@ CLIP_NAME = re.compile(r"(?P<stem>[A-Za-z0-9_-]+-(?P<utc>\d{8}T\d{6}Z)-[0-9a-f]{
 _MB = 1_000_000
 
 
-
 def _number(name: str, value: object, low: float, high: float) -> float:
     """`value` as a float within [low, high], or ValueError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

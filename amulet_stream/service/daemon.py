@@ -78,9 +78,7 @@ class Daemon:
             )
         check_sources(cfg)
         first = next(iter(self.streams.values())).model
-        self.sinks = Sinks(
-            with_client_id(cfg), first, out, live=True, state_dir=state_dir(cfg)
-        )
+        self.sinks = Sinks(with_client_id(cfg), first, out, live=True, state_dir=state_dir(cfg))
         for st in self.streams.values():
             self._announce(st)
         self.sinks.prune({st.id for st in self.streams.values()})

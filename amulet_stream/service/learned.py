@@ -82,8 +82,10 @@ def take_request(state_dir: Path | None, stream: str) -> float | None:
     seconds = doc.get("learn_seconds") if isinstance(doc, dict) else doc
     if seconds is None:
         return 0.0
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
-        0 < seconds <= MAX_SECONDS
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not (0 < seconds <= MAX_SECONDS)
     ):
         _LOGGER.warning("%s: learn request %s not understood (%s): ignored", stream, path, seconds)
         return None
