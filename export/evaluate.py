@@ -27,8 +27,10 @@ from amulet_stream.scoring.detector import DetectorSettings, effective_threshold
 from amulet_stream.scoring.model import Model
 from amulet_stream.scoring.pipeline import StreamPipeline, replay
 
+from .evaluate_site import background_pairs, commissioned_alerts
+
 if TYPE_CHECKING:
-    from .corpus import Corpus, Recording
+    from .corpus import Corpus
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -157,28 +159,6 @@ def score_file(model: Model, path: Path) -> Scored:
     col = _Collector(model, source.rate)
     col.keep(replay(col.pipe, source))
     return col.finish()
-
-
-def commissioned_alerts(model: Model, learn: Path, test: Path) -> int:
-    """Alerts on `test` by a stream that first learned its site on all of `learn` (the
-    runtime's commissioning, default detector otherwise); both files at one rate."""
-    first, second = FileSource(read_info(learn)), FileSource(read_info(test))
-    settings = DetectorSettings(learn_seconds=first.info.duration)
-    pipe = StreamPipeline(model, first.rate, settings=settings)
-    records = [r for block in first.blocks() for r in pipe.feed(block)]
-    records += replay(pipe, second)
-    return sum(r["event"] == "anomaly" for r in records)
-
-
-def background_pairs(corp: Corpus) -> list[tuple[Recording, Recording]]:
-    """Each background recording with another of the same strength: the site it learns on."""
-    rumble = [r for r in corp.test if r.kind == "background"]
-    pairs = []
-    for rec in rumble:
-        same = [o for o in rumble if o is not rec and o.severity == rec.severity]
-        if same:
-            pairs.append((rec, same[0]))
-    return pairs
 
 
 def normal_chunks(hours: float, seed: int) -> Iterator[F32]:

@@ -194,7 +194,7 @@ def test_the_evaluation_measures_commissioning(rumble: dict[str, Path], tmp_path
     """`evaluate`'s background-with-commissioning figure runs the runtime's commissioning: a
     stream that learned on 12 s of the rumble stays quiet on the rumble, one that learned on
     the clean motor does not."""
-    from amulet_export.evaluate import commissioned_alerts
+    from amulet_export.evaluate_site import commissioned_alerts
 
     clean = tmp_path / "clean.wav"
     write_wav(clean, generate(12.0, RATE, seed=3), RATE)
