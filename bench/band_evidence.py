@@ -12,7 +12,8 @@ multiple of that normal maximum (above 1: it would alarm).
 
 MODEL: a logmel-v1 model with the residual output, trained on the full corpus's healthy
 recordings (for example `amulet-export evaluate --size full --candidates dense-ae --work DIR`
-leaves it in OUT/models/dense-ae/model.onnx). Takes about 3 min here."""
+leaves it in OUT/models/dense-ae/model.onnx). Takes about 3 min here. The check it suggests was
+built and evaluated end to end, and rejected: bench/results/drift_trial.md."""
 
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--output-dir",
         "--output_dir",
+        "--out",  # as evaluate says it
         type=Path,
         default=Path("output"),
         help="where model.onnx, train.log and plots go (default: ./output)",

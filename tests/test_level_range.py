@@ -38,7 +38,7 @@ def stereo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def model(stereo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny closed-form (PCA) model trained in seconds on channel 1 of the stereo file."""
     out = tmp_path_factory.mktemp("train") / "out"
-    args = ["train", "--input-file", str(stereo), "--output-dir", str(out)]
+    args = ["train", "--input-file", str(stereo), "--out", str(out)]  # as evaluate says it
     args += ["--architecture", "pca", "--channel", "1", "--silent"]
     assert export_main(args) == 0
     return out / "model.onnx"
