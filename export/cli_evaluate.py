@@ -6,9 +6,12 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import EXIT_OK
+
+if TYPE_CHECKING:
+    from .realdata import LabelledSet
 
 DATASET_CANDIDATES = ["dense-ae", "pca", "mahalanobis", "amulet-lstm"]
 
@@ -45,12 +48,13 @@ def evaluate_command(args: argparse.Namespace, argv: list[str] | None) -> int:
         raise InputError(f"--real {args.real}: no such file")
     command = "amulet-export " + " ".join(sys.argv[1:] if argv is None else argv)
     chosen = [trainers[n] for n in names]
+    data = None if args.dataset is None else _dataset_checked(args)  # before TensorFlow's 6 s
     from .tfimport import train_extra
 
     with train_extra("evaluation"):  # every candidate is trained: fail now, not after the corpus
         from . import dcgan, train  # noqa: F401
-    if args.dataset is not None:
-        return _dataset(args, chosen, command)
+    if data is not None:
+        return _dataset(args, data, chosen, command)
     with tempfile.TemporaryDirectory(prefix="amulet-eval-") as tmp:
         work = args.work or Path(tmp)
         real = None
@@ -80,9 +84,9 @@ def evaluate_command(args: argparse.Namespace, argv: list[str] | None) -> int:
     return EXIT_OK
 
 
-def _dataset(args: argparse.Namespace, chosen: list[Any], command: str) -> int:
-    """--dataset: the candidates on labelled real recordings, folds over the normal ones."""
-    from . import realdata, realdata_report
+def _dataset_checked(args: argparse.Namespace) -> LabelledSet:
+    """--dataset's arguments checked and its recordings found; --out created."""
+    from . import realdata
     from .errors import InputError
 
     if args.folds < 2:
@@ -94,6 +98,13 @@ def _dataset(args: argparse.Namespace, chosen: list[Any], command: str) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InputError(f"--out {args.out}: cannot create it: {err.strerror}") from err
+    return data
+
+
+def _dataset(args: argparse.Namespace, data: LabelledSet, chosen: list[Any], command: str) -> int:
+    """--dataset: the candidates on labelled real recordings, folds over the normal ones."""
+    from . import realdata, realdata_report
+
     outcomes = realdata.run(data, chosen, args.folds, args.train_files)
     folds = len(realdata.folds(data.normal, args.folds))
     doc = realdata_report.write(data, outcomes, folds, args.out, command)

@@ -165,3 +165,29 @@ def test_folder_input_and_amulet_flag_names(audio_dir: Path, tmp_path: Path) -> 
         "other_healthy.wav",
     ]
     assert meta.threshold_method == "max"
+
+
+def test_lstm_over_frames_trains_exports_and_scores(audio_dir: Path, tmp_path: Path) -> None:
+    """The LSTM over log-mel frames (an evaluation candidate) end to end at 1 epoch: Keras to
+    ONNX with its parity check, verified, and the monitor's own replay scores a faulty file."""
+    out = tmp_path / "lstm-frames"
+    args = ["--input-file", str(audio_dir / "healthy_10s.wav"), "--out", str(out)]
+    args += ["--architecture", "lstm-frames", "--epochs", "1", "--threshold-method", "max"]
+    proc = _cli("train", *args, "--silent")
+    assert proc.returncode == 0, proc.stderr
+    assert main(["verify", str(out / "model.onnx")]) == 0
+    model = Model(out / "model.onnx")
+    assert model.meta.raw["architecture"]["kind"] == "lstm-frames"
+    assert model.meta.raw["parity"]["max_abs_diff"] <= 1e-4
+    replay = [str(BIN / "amulet-stream"), "replay", str(audio_dir / "faulty.wav"), "--scores"]
+    proc = subprocess.run(
+        [*replay, "--model", str(out / "model.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    scores = [e["score"] for e in events if e["event"] == "score"]
+    assert len(scores) > 20 and np.isfinite(scores).all() and max(scores) > 0
