@@ -9,6 +9,7 @@ import os
 import sys
 
 from amulet_stream.audio.devices import DeviceError, list_inputs
+from amulet_stream.cli.events import events_command
 from amulet_stream.cli.learn import learn_command
 from amulet_stream.cli.options import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from amulet_stream.cli.parser import build_parser
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             return replay(args)
         if args.command == "learn":
             return learn_command(args)
+        if args.command == "events":
+            return events_command(args)
         if args.command == "record":
             return record_command(args)
         return run(args)

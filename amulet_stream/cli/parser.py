@@ -13,7 +13,8 @@ from amulet_stream.scoring.detector import RENAMED
 
 DESCRIPTION = """\
 amulet-stream: run (live), replay (wav as a fake stream), record (training audio through
-the live path), learn (a running daemon learns a stream's site again), devices, info.
+the live path), learn (a running daemon learns a stream's site again), events (the alert and
+state history a daemon keeps), devices, info.
 
 Standard output: one JSON object per line; logs on standard error.
 Exit codes: 0 ok (also when the reader of standard output went away, e.g. `| head`); 1 replay
@@ -170,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--seconds", type=float, help="seconds of audio to learn from (the stream's own)"
     )
     learn.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+
+    ev = sub.add_parser("events", help="print the event history a daemon keeps (alerts, states)")
+    ev.add_argument("--state-dir", metavar="DIR", help="the daemon's state directory")
+    ev.add_argument("--config", type=Path, help="the daemon's config (its state_dir)")
+    ev.add_argument("--stream", metavar="ID", help="only this stream's events")
+    ev.add_argument(
+        "--since",
+        metavar="T",
+        help="only events from T on: an ISO 8601 time (UTC if no zone) or an age such as 30m, "
+        "12h, 7d",
+    )
+    ev.add_argument("--label", choices=["normal", "fault", "none"], help="by feedback label")
+    ev.add_argument("--limit", type=int, help="at most this many, newest first")
+    ev.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="(jsonl)")
 
     sub.add_parser("devices", help="list input devices")
     i = sub.add_parser("info", help="print a model's metadata as JSON")

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from amulet_stream.audio.settings import SourceConfig
 from amulet_stream.http.settings import MetricsConfig
 from amulet_stream.outputs.clip_store import ClipSettings
+from amulet_stream.outputs.history import HistorySettings
 from amulet_stream.outputs.mqtt.settings import MqttSettings
 from amulet_stream.scoring.detector import RENAMED, DetectorSettings
 from amulet_stream.scoring.integrity import IntegritySettings
@@ -60,6 +61,8 @@ class Config:
     clips: ClipSettings | None = None
     """[clips]; None: no evidence clips."""
     integrity: IntegritySettings = field(default_factory=IntegritySettings)
+    history: HistorySettings = field(default_factory=HistorySettings)
+    """[history]: how much of the event history (in the state directory) is kept."""
 
     def all_streams(self) -> tuple[StreamConfig, ...]:
         """The [[stream]] tables, or the single stream of [source]/[model]/[detector]."""
@@ -202,4 +205,5 @@ def load(path: Path) -> Config:
         build(DaemonConfig, dmn, f"{path}: daemon"),
         build(ClipSettings, clips, f"{path}: clips") if "clips" in doc else None,
         build(IntegritySettings, sec["integrity"], f"{path}: integrity"),
+        build(HistorySettings, sec["history"], f"{path}: history"),
     )

@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry
 
 from amulet_stream.http.server import App, ListenError, ListenerSecurity, parse_address, serve
 from amulet_stream.http.submit import SubmitLimits
+from amulet_stream.outputs.history import FILE as HISTORY_FILE
+from amulet_stream.outputs.history import History, HistoryError
 from amulet_stream.outputs.jsonl import JsonLines
 from amulet_stream.outputs.metrics import Metrics
 from amulet_stream.outputs.mqtt.sink import MqttSink
@@ -40,6 +42,7 @@ class Sinks:
         self.out = out
         self.live = live
         self.mqtt = MqttSink(cfg.mqtt, state_dir) if cfg.mqtt is not None else None
+        self.history = _history(cfg, state_dir) if live else None
         self.registry: CollectorRegistry | None = None
         self.metrics: Metrics | None = None
         self._server: Any = None
@@ -169,9 +172,12 @@ class Sinks:
             self.metrics.model_reloads.labels(result).inc()
 
     def record(self, rec: Record) -> None:
-        """One pipeline record to every sink (MQTT first: it queues the alert)."""
+        """One pipeline record to every sink (MQTT and the history first: an event that
+        reached stdout is queued and kept)."""
         if self.mqtt is not None:
             self.mqtt.publish_record(rec)
+        if self.history is not None:
+            self.history.add(rec)
         if self.out is not None:
             self.out.emit(rec)
         if self.metrics is not None:
@@ -223,4 +229,19 @@ class Sinks:
         left = self.mqtt.close(timeout) if self.mqtt is not None else 0
         if self._server is not None:
             self._server.shutdown()
+        if self.history is not None:
+            self.history.close()
         return left
+
+
+def _history(cfg: Config, state_dir: Path | None) -> History | None:
+    """The event history in the state directory; None without one, or (logged) if the file
+    cannot be used: monitoring goes on without it."""
+    if state_dir is None:
+        return None
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        return History(state_dir / HISTORY_FILE, cfg.history)
+    except (HistoryError, OSError) as err:
+        _LOGGER.error("%s; monitoring goes on without an event history", err)
+        return None

@@ -1,0 +1,194 @@
+"""The event history: every state change of every stream (alerts among them) in
+`<state_dir>/events.sqlite3` (SQLite, WAL), committed before the event's stdout line; bounded
+by age and size. Feedback labels sit beside the events, each change kept with its time and
+source; the latest one counts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+_LOGGER = logging.getLogger(__name__)
+FILE = "events.sqlite3"
+KEPT = frozenset({"anomaly", "normal", "input_problem", "learning", "down"})
+"""The events the history keeps: the states a stream goes through (scores are not kept)."""
+LABELS = ("normal", "fault")
+SLOW_SECONDS = 0.5
+"""A commit slower than this is logged (the ring buffer absorbs it; the count is kept)."""
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS events (event_id TEXT PRIMARY KEY, stream TEXT NOT NULL, "
+    "event TEXT NOT NULL, unix REAL NOT NULL, body TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS events_by_time ON events (unix)",
+    "CREATE TABLE IF NOT EXISTS labels (event_id TEXT NOT NULL, label TEXT NOT NULL, "
+    "note TEXT NOT NULL, source TEXT NOT NULL, unix REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS labels_by_event ON labels (event_id)",
+)
+LATEST_LABEL = (
+    "(SELECT label FROM labels WHERE labels.event_id = events.event_id "
+    "ORDER BY labels.rowid DESC LIMIT 1)"
+)
+
+
+class HistoryError(Exception):
+    """The history file cannot be opened or is not an event history; names the file."""
+
+
+@dataclass(frozen=True)
+class HistorySettings:
+    """How much history is kept (config [history])."""
+
+    keep_days: float = 90.0
+    """Events older than this many days are deleted."""
+    max_mb: float = 100.0
+    """And the oldest events beyond this file size, MB (1 MB = 1,000,000 bytes)."""
+
+    def __post_init__(self) -> None:
+        for name, low, high in (("keep_days", 0.01, 36500.0), ("max_mb", 0.1, 1e6)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ValueError(f"{name} must be within {low:g}..{high:g}, got {value:g}")
+
+
+def unix_time(iso: str) -> float:
+    """Seconds since the epoch of an ISO 8601 time ('...Z' is UTC); ValueError if not one."""
+    when = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        raise ValueError(f"{iso!r} has no time zone")
+    return when.timestamp()
+
+
+class History:
+    """One SQLite file of events and labels; safe to use from several threads."""
+
+    def __init__(self, path: Path, settings: HistorySettings | None = None, write: bool = True):
+        """Open (and with `write`, create) the history at `path`; HistoryError if it cannot."""
+        self.path = path
+        self.settings = settings or HistorySettings()
+        self.slow_commits = 0
+        self.errors = 0
+        self._lock = threading.Lock()
+        if not write and not path.is_file():
+            raise HistoryError(f"{path}: no event history there (no such file)")
+        try:
+            uri = f"{path.resolve().as_uri()}?mode={'rwc' if write else 'ro'}"
+            self._db = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
+            self._db.isolation_level = None  # autocommit: each statement is its own commit
+            if write:
+                self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = FULL")
+                for statement in SCHEMA:
+                    self._db.execute(statement)
+            self._db.execute("SELECT event_id, stream, event, unix, body FROM events LIMIT 1")
+        except (sqlite3.Error, OSError, ValueError) as err:
+            raise HistoryError(f"{path}: cannot use it as the event history: {err}") from err
+
+    def add(self, record: dict[str, Any]) -> bool:
+        """Commit one record if it is a state change; False if it is not kept or failed."""
+        if record.get("event") not in KEPT or "event_id" not in record:
+            return False
+        try:
+            unix = unix_time(str(record.get("time")))
+        except ValueError:
+            unix = time.time()
+        row = (record["event_id"], record.get("stream", ""), record["event"], unix)
+        t0 = time.monotonic()
+        try:
+            with self._lock:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?)",
+                    (*row, json.dumps(record)),
+                )
+                self._prune(unix)
+        except sqlite3.Error as err:
+            self.errors += 1
+            _LOGGER.error("%s: event %s not kept: %s", self.path, record["event_id"], err)
+            return False
+        took = time.monotonic() - t0
+        if took > SLOW_SECONDS:
+            self.slow_commits += 1
+            _LOGGER.warning("%s: keeping an event took %.1f s (slow disk?)", self.path, took)
+        return True
+
+    def _prune(self, now: float) -> None:
+        """Delete what is too old, then the oldest beyond the size limit."""
+        self._db.execute(
+            "DELETE FROM events WHERE unix < ?", (now - 86400 * self.settings.keep_days,)
+        )
+        limit = self.settings.max_mb * 1e6
+        while self._bytes() > limit and self._count() > 1:
+            self._db.execute(
+                "DELETE FROM events WHERE event_id IN (SELECT event_id FROM events "
+                "ORDER BY unix LIMIT max(1, (SELECT count(*) / 10 FROM events)))"
+            )
+            self._db.execute(
+                "DELETE FROM labels WHERE event_id NOT IN (SELECT event_id FROM events)"
+            )
+            self._db.execute("PRAGMA incremental_vacuum")
+
+    def _bytes(self) -> int:
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        return int(pages) * int(self._db.execute("PRAGMA page_size").fetchone()[0])
+
+    def _count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def label(self, event_id: str, label: str, note: str = "", source: str = "api") -> bool:
+        """Store a label of an event (`normal` or `fault`); False if there is no such event."""
+        if label not in LABELS:
+            raise ValueError(f"label must be one of {', '.join(LABELS)}, got {label!r}")
+        with self._lock:
+            if (
+                self._db.execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone()
+                is None
+            ):
+                return False
+            self._db.execute(
+                "INSERT INTO labels VALUES (?, ?, ?, ?, ?)",
+                (event_id, label, note, source, time.time()),
+            )
+        return True
+
+    def events(
+        self,
+        stream: str | None = None,
+        since: float | None = None,
+        label: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Events, newest first, each its record with `label` (the latest, or None);
+        `label` 'none' selects the unlabelled ones."""
+        where: list[str] = []
+        args: list[str | float] = []
+        if stream is not None:
+            where.append("stream = ?")
+            args.append(stream)
+        if since is not None:
+            where.append("unix >= ?")
+            args.append(since)
+        if label == "none":
+            where.append(f"{LATEST_LABEL} IS NULL")
+        elif label is not None:
+            where.append(f"{LATEST_LABEL} = ?")
+            args.append(label)
+        sql = f"SELECT body, {LATEST_LABEL} FROM events"
+        sql += (" WHERE " + " AND ".join(where)) if where else ""
+        sql += " ORDER BY unix DESC, rowid DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [{**json.loads(body), "label": lab} for body, lab in rows]
+
+    def close(self) -> None:
+        """Close the file (the WAL is checkpointed by SQLite)."""
+        with self._lock:
+            self._db.close()
