@@ -17,6 +17,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from amulet_stream.http.conn import IDLE_SECONDS, MAX_CONNECTIONS, RETRY_AFTER, Server
+from amulet_stream.http.console import Console
 from amulet_stream.http.security import BasicAuth, ListenError, ListenerSecurity
 from amulet_stream.http.submit import SUBMIT_LIMIT, SubmitLimits, score_upload, upload_file
 from amulet_stream.http.upload import (
@@ -70,6 +71,7 @@ class App:
         limits: SubmitLimits | None = None,
         auth: BasicAuth | None = None,
         upload_dir: Path | None = None,
+        console: Console | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
@@ -80,6 +82,7 @@ class App:
         self.live = live
         self.auth = auth
         self.upload_dir = upload_dir
+        self.console = console
         self._slots = threading.BoundedSemaphore(self.limits.concurrent)
         self._lock = threading.Lock()
         self._refused = 0  # requests refused for credentials since the last log line
@@ -94,6 +97,10 @@ class App:
                 {"error": "credentials needed"},
                 [("WWW-Authenticate", _REALM)],
             )
+        if self.console is not None:
+            answer = self.console(environ, start)
+            if answer is not None:
+                return answer
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
         if path == "/metrics" and method == "GET":
             data = generate_latest(self.registry)
@@ -221,8 +228,9 @@ def serve(
             " and ".join(w for w, off in (("TLS", tls is None), ("auth", app.auth is None)) if off),
         )
     _LOGGER.info(
-        "http%s: /metrics /healthz /readyz%s on %s:%d%s",
+        "http%s: %s/metrics /healthz /readyz%s on %s:%d%s",
         "s" if tls else "",
+        "/ (console) " if app.console else "",
         " /submit" if app.submit else "",
         host,
         bound,

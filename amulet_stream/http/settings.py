@@ -49,6 +49,26 @@ class MetricsConfig:
                 raise ValueError(f"{key} must be more than {low} and at most {high}, not {value}")
 
 
+@dataclass(frozen=True)
+class UiConfig:
+    """[ui]: the operator's console on the metrics listener."""
+
+    enabled: bool | None = None
+    """None: on when the listener is on loopback or asks for basic auth, else off (logged)."""
+    feedback: bool = False
+    """Labels from the page and POST /api/events/<id>/feedback."""
+
+
+def console_on(ui: UiConfig, metrics: MetricsConfig) -> bool:
+    """Whether the listener serves the console: a plant's audio is not shown to its network
+    by default (a listener on another address without basic auth keeps it off)."""
+    if ui.enabled is not None:
+        return ui.enabled
+    host = (metrics.listen or "").rpartition(":")[0].strip("[]")
+    loopback = host in ("", "localhost", "::1") or host.startswith("127.")
+    return loopback or metrics.basic_auth_user is not None
+
+
 def check_listen(text: str) -> None:
     """Refuse a listen address that is not [ADDR]:PORT with PORT 0..65535 (ValueError)."""
     host, _, port = text.rpartition(":")

@@ -159,6 +159,22 @@ class History:
             )
         return True
 
+    def event(self, event_id: str) -> dict[str, Any] | None:
+        """One event with `label` (the latest) and `labels` (every change, oldest first)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT body FROM events WHERE event_id = ?", (event_id,)
+            ).fetchone()
+            changes = self._db.execute(
+                "SELECT label, note, source, unix FROM labels WHERE event_id = ? ORDER BY rowid",
+                (event_id,),
+            ).fetchall()
+        if row is None:
+            return None
+        labels = [{"label": a, "note": b, "source": c, "unix": d} for a, b, c, d in changes]
+        latest = labels[-1]["label"] if labels else None
+        return {**json.loads(row[0]), "label": latest, "labels": labels}
+
     def events(
         self,
         stream: str | None = None,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from amulet_stream.audio.settings import SourceConfig
-from amulet_stream.http.settings import MetricsConfig
+from amulet_stream.http.settings import MetricsConfig, UiConfig
 from amulet_stream.outputs.clip_store import ClipSettings
 from amulet_stream.outputs.history import HistorySettings
 from amulet_stream.outputs.mqtt.settings import MqttSettings
@@ -62,6 +62,8 @@ class Config:
     """[clips]; None: no evidence clips."""
     integrity: IntegritySettings = field(default_factory=IntegritySettings)
     history: HistorySettings = field(default_factory=HistorySettings)
+    ui: UiConfig = field(default_factory=UiConfig)
+    """[ui]: the console on the metrics listener."""
     """[history]: how much of the event history (in the state directory) is kept."""
 
     def all_streams(self) -> tuple[StreamConfig, ...]:
@@ -206,4 +208,5 @@ def load(path: Path) -> Config:
         build(ClipSettings, clips, f"{path}: clips") if "clips" in doc else None,
         build(IntegritySettings, sec["integrity"], f"{path}: integrity"),
         build(HistorySettings, sec["history"], f"{path}: history"),
+        build(UiConfig, sec["ui"], f"{path}: ui"),
     )

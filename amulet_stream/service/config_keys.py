@@ -95,6 +95,7 @@ TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "max_count": (int,),
         "max_mb": (int, float),
     },
+    "ui": {"enabled": (bool,), "feedback": (bool,)},
     "history": {"keep_days": (int, float), "max_mb": (int, float)},
     "integrity": {
         "silence_dbfs": (int, float),

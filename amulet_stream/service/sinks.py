@@ -10,8 +10,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from amulet_stream.http.console import Console
 from amulet_stream.http.server import App, ListenError, ListenerSecurity, parse_address, serve
+from amulet_stream.http.settings import console_on
 from amulet_stream.http.submit import SubmitLimits
+from amulet_stream.outputs.board import Board
 from amulet_stream.outputs.history import FILE as HISTORY_FILE
 from amulet_stream.outputs.history import History, HistoryError
 from amulet_stream.outputs.jsonl import JsonLines
@@ -43,6 +46,7 @@ class Sinks:
         self.live = live
         self.mqtt = MqttSink(cfg.mqtt, state_dir) if cfg.mqtt is not None else None
         self.history = _history(cfg, state_dir) if live else None
+        self.board: Board | None = None
         self.registry: CollectorRegistry | None = None
         self.metrics: Metrics | None = None
         self._server: Any = None
@@ -69,6 +73,17 @@ class Sinks:
                 m.submit_concurrency,
                 m.submit_upload_seconds,
             )
+            console = None
+            if console_on(cfg.ui, m):
+                self.board = Board()
+                clips = cfg.clips.folder if cfg.clips is not None else None
+                console = Console(self.board, self.history, clips, cfg.ui.feedback)
+            else:
+                _LOGGER.info(
+                    "http: the console is off on %s without basic auth ([ui] enabled = true "
+                    "serves it anyway)",
+                    listen,
+                )
             app = App(
                 self.registry,
                 self.metrics,
@@ -78,6 +93,7 @@ class Sinks:
                 live=live,
                 limits=limits,
                 auth=security.basic_auth(),
+                console=console,
             )
             try:
                 self._server, _ = serve(app, host, port, tls=self._tls)
@@ -111,7 +127,9 @@ class Sinks:
         self._relisten = None  # serve() logs the listener
 
     def stream_started(self, stream: str, model: Model, threshold: float) -> None:
-        """A stream begins: retained state, discovery, labelled metrics."""
+        """A stream begins: retained state, discovery, labelled metrics, the console's card."""
+        if self.board is not None:
+            self.board.stream_started(stream, _describe(model), threshold)
         if self.mqtt is not None:
             self.mqtt.add_stream(stream, threshold, model.sha256)
         if self.metrics is not None:
@@ -122,6 +140,8 @@ class Sinks:
     def learned(self, stream: str, model: Model, threshold: float, learned: Learned) -> None:
         """A stream learned its site: its new threshold (metrics, Home Assistant) and whether
         what it learned looks like a fault."""
+        if self.board is not None:
+            self.board.stream_started(stream, _describe(model), threshold)
         if self.mqtt is not None:
             self.mqtt.add_stream(stream, threshold, model.sha256)
         if self.metrics is not None:
@@ -139,6 +159,8 @@ class Sinks:
 
     def stream_removed(self, stream: str) -> None:
         """A stream left the config on reload: its entities go, its metrics stop."""
+        if self.board is not None:
+            self.board.stream_removed(stream)
         if self.mqtt is not None:
             self.mqtt.remove_stream(stream)
         if self.metrics is not None:
@@ -178,6 +200,8 @@ class Sinks:
             self.mqtt.publish_record(rec)
         if self.history is not None:
             self.history.add(rec)
+        if self.board is not None:
+            self.board.record(rec)
         if self.out is not None:
             self.out.emit(rec)
         if self.metrics is not None:
@@ -185,6 +209,8 @@ class Sinks:
 
     def after_block(self, stream: str, stats: StreamStats, overflows: int = 0) -> None:
         """Per-block gauges and counters from the pipeline's stats."""
+        if self.board is not None:
+            self.board.level(stream, stats.level_dbfs)
         m = self.metrics
         if m is None:
             stats.inference.clear()  # nobody reads them: they must not grow
@@ -232,6 +258,23 @@ class Sinks:
         if self.history is not None:
             self.history.close()
         return left
+
+
+def _describe(model: Model) -> dict[str, object]:
+    """What the console says of a model."""
+    raw = model.meta.raw
+    training = raw.get("training", {})
+    details = raw.get("threshold_details", {})
+    return {
+        "file": model.path.name,
+        "sha256": model.sha256[:12],
+        "profile": model.profile.name,
+        "architecture": raw.get("architecture", {}).get("kind"),
+        "threshold_method": model.meta.threshold_method,
+        "threshold_over": details.get("over") if isinstance(details, dict) else None,
+        "training_seconds": training.get("seconds") if isinstance(training, dict) else None,
+        "training_files": len(training.get("files", [])) if isinstance(training, dict) else None,
+    }
 
 
 def _history(cfg: Config, state_dir: Path | None) -> History | None:
