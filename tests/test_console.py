@@ -57,7 +57,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def start(tmp_path: Path, audio: Path, ui: str) -> tuple[Daemon, str]:
+def start(tmp_path: Path, audio: Path, ui: str, submit: bool = False) -> tuple[Daemon, str]:
     """The daemon with a state directory, clips and the console on 127.0.0.1 (a free port)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     state = tmp_path / "state"
@@ -66,7 +66,7 @@ def start(tmp_path: Path, audio: Path, ui: str) -> tuple[Daemon, str]:
         stream("motor-1", audio, realtime=True, loop=True)
         + f'[daemon]\nstate_dir = "{state}"\n\n'
         + f'[clips]\nfolder = "{state / "clips"}"\nbefore_seconds = 3\nafter_seconds = 1\n\n'
-        + '[metrics]\nlisten = "127.0.0.1:0"\n\n'
+        + f'[metrics]\nlisten = "127.0.0.1:0"\nsubmit = {str(submit).lower()}\n\n'
         + ui
     )
     d = Daemon(cfg)
@@ -140,7 +140,7 @@ def test_the_page_shows_an_alert_plays_its_clip_and_takes_feedback(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    d, base = start(tmp_path, faulty, "[ui]\nfeedback = true\n")
+    d, base = start(tmp_path, faulty, "[ui]\nfeedback = true\n", submit=True)
     wait = WebDriverWait(browser, 40)
     try:
         browser.get(base + "/")
@@ -184,6 +184,20 @@ def test_the_page_shows_an_alert_plays_its_clip_and_takes_feedback(
             ("fault", "api"),
             ("normal", "page"),
         ]
+        upload = tmp_path / "upload"
+        upload.mkdir()
+        named = upload / f"{XSS}.wav"  # the name is shown on the page: as text
+        named.write_bytes(faulty.read_bytes())
+        browser.get(base + "/#analyse")
+        browser.find_element(By.ID, "analyse-file").send_keys(str(named))
+        browser.find_element(By.ID, "analyse-go").click()
+        wait.until(lambda b: b.find_element(By.ID, "verdict").text == "defect")
+        shaded = browser.find_element(By.ID, "analyse-plot").get_attribute("data-shaded")
+        assert int(shaded) > 10  # windows above the threshold, shaded on the plot
+        assert XSS in browser.find_element(By.ID, "analyse-summary").text
+        assert browser.execute_script("return window.__xss") is None
+        assert browser.find_elements(By.CSS_SELECTOR, "#analyse-plot canvas")
+        shot(browser, "console-analyse.png")
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors
     finally:

@@ -59,8 +59,10 @@ class Console:
         history: History | None,
         clips: Path | None,
         feedback: bool,
+        submit: bool = False,
     ) -> None:
         self.board = board
+        self.submit = submit
         self.history = history
         self.clips = clips
         self.feedback = feedback
@@ -91,7 +93,12 @@ class Console:
             return "200 OK", STATIC[parts[1]], _static(parts[1])
         if parts == ["api", "streams"]:
             kept = "file" if self.history is not None else "memory"
-            body = {"streams": self.board.streams(), "history": kept, "feedback": self.feedback}
+            body = {
+                "streams": self.board.streams(),
+                "history": kept,
+                "feedback": self.feedback,
+                "submit": self.submit,
+            }
             return _json("200 OK", body)
         if parts == ["api", "events"]:
             return self._events(parse_qs(query))

@@ -165,7 +165,10 @@ class App:
             assert self.model is not None
             with upload_file(self.upload_dir) as fh:
                 save_upload(media, boundary, body, fh)
-                status, answer = score_upload(self.model, fh, self.settings, limits.max_seconds)
+                scores = "scores=1" in environ.get("QUERY_STRING", "").split("&")
+                status, answer = score_upload(
+                    self.model, fh, self.settings, limits.max_seconds, scores
+                )
         except SubmitError as err:
             return _json(start, err.status, {"error": str(err)})
         except TimeoutError:

@@ -50,10 +50,16 @@ def upload_file(folder: Path | None) -> BinaryIO:
 
 
 def score_upload(
-    model: Model, fh: BinaryIO, settings: DetectorSettings | None, max_seconds: float
+    model: Model,
+    fh: BinaryIO,
+    settings: DetectorSettings | None,
+    max_seconds: float,
+    scores: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """Score the wav in the open file `fh` like `replay`: (HTTP status, AMULET's JSON answer
-    or an error); audio longer than `max_seconds` is refused before any scoring."""
+    or an error); audio longer than `max_seconds` is refused before any scoring. With
+    `scores` the answer also has "verdict", "threshold" and every window's
+    [start s, end s, score, anomalous] in "scores" (the console's Analyse page)."""
     fh.flush()
     path = Path(f"/proc/self/fd/{fh.fileno()}")
     try:
@@ -72,12 +78,25 @@ def score_upload(
     rows: list[Record] = []
     try:
         for blk in FileSource(info, block_seconds=block).blocks():
-            rows += (r for r in pipe.feed(blk) if r["event"] == "score" and r["anomaly"])
-        rows += (r for r in pipe.finish() if r["event"] == "score" and r["anomaly"])
+            rows += (r for r in pipe.feed(blk) if _kept(r, scores))
+        rows += (r for r in pipe.finish() if _kept(r, scores))
     except WavError as err:
         return "400 Bad Request", {"error": f"data_file: {str(err).split(': ', 1)[-1]}"}
     pipe.stats.inference.clear()
     problem = pipe.problem()
-    if problem is not None:
-        return "422 Unprocessable Entity", amulet_json(rows, problem, verdict(pipe.stats))
-    return "200 OK", amulet_json(rows)
+    anomalous = [r for r in rows if r["anomaly"]]
+    status = "200 OK" if problem is None else "422 Unprocessable Entity"
+    if problem is None:
+        answer = amulet_json(anomalous)
+    else:
+        answer = amulet_json(anomalous, problem, verdict(pipe.stats))
+    if scores:
+        answer["verdict"] = verdict(pipe.stats)
+        answer["threshold"] = pipe.detector.threshold
+        answer["scores"] = [[r["start"], r["end"], r["score"], r["anomaly"]] for r in rows]
+    return status, answer
+
+
+def _kept(record: Record, scores: bool) -> bool:
+    """A score row the answer needs: every one with `scores`, else the anomalous ones."""
+    return bool(record["event"] == "score" and (scores or record["anomaly"]))

@@ -77,7 +77,7 @@ class Sinks:
             if console_on(cfg.ui, m):
                 self.board = Board()
                 clips = cfg.clips.folder if cfg.clips is not None else None
-                console = Console(self.board, self.history, clips, cfg.ui.feedback)
+                console = Console(self.board, self.history, clips, cfg.ui.feedback, m.submit)
             else:
                 _LOGGER.info(
                     "http: the console is off on %s without basic auth ([ui] enabled = true "

@@ -82,6 +82,8 @@ async function refreshStreams() {
     document.getElementById("connection").textContent = "live";
     document.getElementById("memory-note").hidden = doc.history !== "memory";
     feedbackOn = doc.feedback;
+    document.getElementById("submit-off").hidden = doc.submit;
+    document.getElementById("analyse-form").hidden = !doc.submit;
     const box = document.getElementById("cards");
     const select = document.getElementById("filter-stream");
     for (const s of doc.streams) {
@@ -197,8 +199,56 @@ async function mark(label) {
   refreshEvents();
 }
 
+async function analyse(ev) {
+  ev.preventDefault();
+  const file = document.getElementById("analyse-file").files[0];
+  const status = document.getElementById("analyse-status");
+  if (!file) {
+    status.textContent = "choose a wav file first";
+    return;
+  }
+  status.textContent = `analysing ${file.name}...`;
+  const form = new FormData();
+  form.append("data_file", file, file.name);
+  const r = await fetch("/submit?scores=1", { method: "POST", body: form });
+  const doc = await r.json();
+  if (!doc.scores) {
+    status.textContent = `${file.name}: ${doc.error || r.status}`;
+    return;
+  }
+  status.textContent = "";
+  document.getElementById("analyse-result").hidden = false;
+  const verdict = document.getElementById("verdict");
+  verdict.textContent = doc.verdict;
+  verdict.className = `verdict-${doc.verdict}`;
+  const above = doc.scores.filter((s) => s[3]).length;
+  document.getElementById("analyse-summary").textContent =
+    `${file.name}: ${doc.scores.length} windows scored, ${above} above the threshold ` +
+    `${fmt(doc.threshold)}${doc.error ? "; " + doc.error : ""}`;
+  const amulet = { Analysis: doc.Analysis };
+  if (doc.error) Object.assign(amulet, { verdict: doc.verdict, error: doc.error });
+  const link = document.getElementById("amulet-json");
+  link.href = URL.createObjectURL(new Blob([JSON.stringify(amulet, null, 2)], { type: "application/json" }));
+  link.download = `${file.name.replace(/\.wav$/i, "")}.json`;
+  const box = document.getElementById("analyse-plot");
+  box.replaceChildren();
+  const xs = doc.scores.map((s) => s[1]);
+  const top = Math.max(...doc.scores.map((s) => s[2]));
+  new uPlot({
+    width: 900, height: 260,
+    scales: { x: { time: false } },
+    series: [{ label: "s" },
+             { label: "score", stroke: "#1f6feb" },
+             { label: "threshold", stroke: "#d1242f", dash: [5, 4] },
+             { label: "above", stroke: "rgba(207,34,46,0)", fill: "rgba(207,34,46,0.25)", paths: uPlot.paths.stepped({ align: 1 }) }],
+    axes: [{ label: "end of window, s" }, { size: 50 }],
+  }, [xs, doc.scores.map((s) => s[2]), doc.scores.map(() => doc.threshold),
+      doc.scores.map((s) => (s[3] ? top : null))], box);
+  box.dataset.shaded = String(above);
+}
+
 function route() {
-  const page = location.hash === "#events" ? "events" : "streams";
+  const page = ["#events", "#analyse"].includes(location.hash) ? location.hash.slice(1) : "streams";
   for (const p of document.querySelectorAll(".page")) p.hidden = p.id !== page;
   if (page === "events") refreshEvents();
 }
@@ -207,6 +257,7 @@ window.addEventListener("hashchange", route);
 document.getElementById("filters").addEventListener("change", refreshEvents);
 document.getElementById("mark-normal").addEventListener("click", () => mark("normal"));
 document.getElementById("mark-fault").addEventListener("click", () => mark("fault"));
+document.getElementById("analyse-form").addEventListener("submit", analyse);
 route();
 refreshStreams();
 setInterval(refreshStreams, 2000);
