@@ -17,6 +17,7 @@ import numpy as np
 
 from amulet_stream.audio.wav import WavError, iter_blocks, read_info, select_channel
 from amulet_stream.outputs.board import Board
+from amulet_stream.outputs.feedback import Feedback, find_clip
 from amulet_stream.outputs.history import LABELS, History, unix_time
 from amulet_stream.outputs.spectrogram import pcm16_wav, spectrogram_png
 
@@ -60,12 +61,15 @@ class Console:
         clips: Path | None,
         feedback: bool,
         submit: bool = False,
+        marks: Feedback | None = None,
     ) -> None:
+        """`feedback`: labels taken ([ui] feedback); `marks` stores them (None: no history)."""
         self.board = board
         self.submit = submit
         self.history = history
         self.clips = clips
         self.feedback = feedback
+        self.marks = marks
         self.token = secrets.token_urlsafe(24)
         """The page's CSRF token (a new one each start: an open page reloads)."""
 
@@ -147,19 +151,7 @@ class Console:
         return {**found[0], "labels": []} if found else None
 
     def _clip(self, event: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
-        """The event's clip and its sidecar, if the clip folder has it."""
-        eid = str(event.get("event_id", ""))
-        if self.clips is None or len(eid) < 8 or not self.clips.is_dir():
-            return None
-        for side in self.clips.glob(f"{event.get('stream', '')}-*-{eid[:8].lower()}.json"):
-            try:
-                meta = json.loads(side.read_text())
-            except (OSError, ValueError):
-                continue
-            wav = side.with_suffix(".wav")
-            if isinstance(meta, dict) and meta.get("event_id") == eid and wav.is_file():
-                return wav, meta
-        return None
+        return find_clip(self.clips, str(event.get("stream", "")), str(event.get("event_id", "")))
 
     def _clip_facts(self, event: dict[str, Any]) -> dict[str, Any]:
         """Whether the event has a clip, and the window scores inside it: [[s from the
@@ -239,15 +231,12 @@ class Console:
             return _error(
                 "400 Bad Request", f"give {want} (a note of {MAX_NOTE} characters at most)"
             )
-        if self.history is None:
-            return _json(
-                "409 Conflict",
-                {"error": "no event history is kept (no state directory): nothing to label"},
-            )
-        if not self.history.label(event_id, label, note, "page" if origin else "api"):
-            return _json("404 Not Found", {"error": f"no event {event_id!r} in the history"})
-        _LOGGER.info("console: event %s marked %s", event_id, label)
-        return _json("200 OK", self.history.event(event_id))
+        if self.marks is None:
+            return _error("409 Conflict", "no event history is kept (no state directory)")
+        event = self.marks.mark(event_id, label, note, "page" if origin else "api")
+        if event is None:
+            return _error("404 Not Found", f"no event {event_id!r} in the history")
+        return _json("200 OK", event)
 
 
 def _static(name: str) -> bytes:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amulet_stream.outputs.history import KEPT
+from amulet_stream.scoring.model import Model
 
 SERIES_SECONDS = 600.0
 """How far back the score series goes, s."""
@@ -101,3 +102,20 @@ class Board:
         """The last state changes, newest first (what the console lists without a history)."""
         with self._lock:
             return [{**r, "label": None} for r in self._recent]
+
+
+def describe(model: Model) -> dict[str, object]:
+    """What the console says of a model."""
+    raw = model.meta.raw
+    training = raw.get("training", {})
+    details = raw.get("threshold_details", {})
+    return {
+        "file": model.path.name,
+        "sha256": model.sha256[:12],
+        "profile": model.profile.name,
+        "architecture": raw.get("architecture", {}).get("kind"),
+        "threshold_method": model.meta.threshold_method,
+        "threshold_over": details.get("over") if isinstance(details, dict) else None,
+        "training_seconds": training.get("seconds") if isinstance(training, dict) else None,
+        "training_files": len(training.get("files", [])) if isinstance(training, dict) else None,
+    }

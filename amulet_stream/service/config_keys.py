@@ -69,6 +69,7 @@ TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "discovery_prefix": (str,),
         "score_interval": (int, float),
         "commands": (bool,),
+        "feedback": (bool,),
     },
     "metrics": {
         "listen": (str,),

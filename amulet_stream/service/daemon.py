@@ -123,7 +123,7 @@ class Daemon:
                 self._tick()
                 self.commissioner.tick(self.streams)
                 code = self.sources.check(self.streams)
-                self.sinks.relisten()
+                self.sinks.tick()
                 self.heartbeat.beat(windows_scored(self.streams), self._status)
         finally:
             self.notifier.stopping()

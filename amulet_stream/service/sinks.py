@@ -14,7 +14,9 @@ from amulet_stream.http.console import Console
 from amulet_stream.http.server import App, ListenError, ListenerSecurity, parse_address, serve
 from amulet_stream.http.settings import console_on
 from amulet_stream.http.submit import SubmitLimits
-from amulet_stream.outputs.board import Board
+from amulet_stream.outputs.board import Board, describe
+from amulet_stream.outputs.feedback import FOLDER as FEEDBACK_FOLDER
+from amulet_stream.outputs.feedback import Feedback
 from amulet_stream.outputs.history import FILE as HISTORY_FILE
 from amulet_stream.outputs.history import History, HistoryError
 from amulet_stream.outputs.jsonl import JsonLines
@@ -46,6 +48,10 @@ class Sinks:
         self.live = live
         self.mqtt = MqttSink(cfg.mqtt, state_dir) if cfg.mqtt is not None else None
         self.history = _history(cfg, state_dir) if live else None
+        self.marks = None
+        if self.history is not None and state_dir is not None:
+            clip_folder = cfg.clips.folder if cfg.clips is not None else None
+            self.marks = Feedback(self.history, clip_folder, state_dir / FEEDBACK_FOLDER)
         self.board: Board | None = None
         self.registry: CollectorRegistry | None = None
         self.metrics: Metrics | None = None
@@ -77,7 +83,9 @@ class Sinks:
             if console_on(cfg.ui, m):
                 self.board = Board()
                 clips = cfg.clips.folder if cfg.clips is not None else None
-                console = Console(self.board, self.history, clips, cfg.ui.feedback, m.submit)
+                console = Console(
+                    self.board, self.history, clips, cfg.ui.feedback, m.submit, self.marks
+                )
             else:
                 _LOGGER.info(
                     "http: the console is off on %s without basic auth ([ui] enabled = true "
@@ -114,6 +122,11 @@ class Sinks:
         """The metrics listener is configured but could not be opened (yet)."""
         return self._relisten is not None
 
+    def tick(self) -> None:
+        """The loop's turn: labels that arrived over MQTT, the listener retried when due."""
+        self.take_feedback()
+        self.relisten()
+
     def relisten(self) -> None:
         """Try again to open the metrics listener that failed at start, when due."""
         if self._relisten is None or time.monotonic() < self._relisten[3]:
@@ -129,7 +142,7 @@ class Sinks:
     def stream_started(self, stream: str, model: Model, threshold: float) -> None:
         """A stream begins: retained state, discovery, labelled metrics, the console's card."""
         if self.board is not None:
-            self.board.stream_started(stream, _describe(model), threshold)
+            self.board.stream_started(stream, describe(model), threshold)
         if self.mqtt is not None:
             self.mqtt.add_stream(stream, threshold, model.sha256)
         if self.metrics is not None:
@@ -141,7 +154,7 @@ class Sinks:
         """A stream learned its site: its new threshold (metrics, Home Assistant) and whether
         what it learned looks like a fault."""
         if self.board is not None:
-            self.board.stream_started(stream, _describe(model), threshold)
+            self.board.stream_started(stream, describe(model), threshold)
         if self.mqtt is not None:
             self.mqtt.add_stream(stream, threshold, model.sha256)
         if self.metrics is not None:
@@ -151,6 +164,14 @@ class Sinks:
     def commands(self) -> list[tuple[str, float]]:
         """Requests to learn again that arrived over MQTT: (stream, seconds or 0)."""
         return self.mqtt.take_commands() if self.mqtt is not None else []
+
+    def take_feedback(self) -> None:
+        """Store the labels that arrived over MQTT ("latest": the stream's latest alert)."""
+        if self.mqtt is None:
+            return
+        for stream, event_id, label, note in self.mqtt.take_feedback():
+            if self.marks is None or self.marks.mark_alert(stream, event_id, label, note) is None:
+                _LOGGER.warning("mqtt: feedback for %s %s: no such alert kept", stream, event_id)
 
     def prune(self, streams: set[str]) -> None:
         """Forget (in Home Assistant) streams announced before and no longer configured."""
@@ -258,23 +279,6 @@ class Sinks:
         if self.history is not None:
             self.history.close()
         return left
-
-
-def _describe(model: Model) -> dict[str, object]:
-    """What the console says of a model."""
-    raw = model.meta.raw
-    training = raw.get("training", {})
-    details = raw.get("threshold_details", {})
-    return {
-        "file": model.path.name,
-        "sha256": model.sha256[:12],
-        "profile": model.profile.name,
-        "architecture": raw.get("architecture", {}).get("kind"),
-        "threshold_method": model.meta.threshold_method,
-        "threshold_over": details.get("over") if isinstance(details, dict) else None,
-        "training_seconds": training.get("seconds") if isinstance(training, dict) else None,
-        "training_files": len(training.get("files", [])) if isinstance(training, dict) else None,
-    }
 
 
 def _history(cfg: Config, state_dir: Path | None) -> History | None:

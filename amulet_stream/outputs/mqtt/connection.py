@@ -72,6 +72,8 @@ class Connection:
         self._outages = Outages(f"{settings.host}:{settings.port}", client_id, queued)
         self.commands: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         """(topic, payload) of command messages, for the sink to read."""
+        self.feedback: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        """(topic, payload) of feedback messages, likewise."""
         self.acks: dict[int, ReasonCode] = {}
         """mid -> PUBACK reason of refused messages (written by paho, popped by publish)."""
         self._client = self._make_client()
@@ -175,6 +177,8 @@ class Connection:
             client.subscribe(f"{self.settings.discovery_prefix}/status", qos=1)
         if self.settings.commands:
             client.subscribe(f"{self.settings.prefix}/+/command", qos=1)
+        if self.settings.feedback:
+            client.subscribe(f"{self.settings.prefix}/+/feedback", qos=1)
         self.connected = True
         self._notes.put(("connected", None))
         self._wake.set()
@@ -219,6 +223,8 @@ class Connection:
             self._wake.set()
         elif self.settings.commands and msg.topic.endswith("/command") and not msg.retain:
             self.commands.put((msg.topic, bytes(msg.payload[:MAX_COMMAND])))
+        elif self.settings.feedback and msg.topic.endswith("/feedback") and not msg.retain:
+            self.feedback.put((msg.topic, bytes(msg.payload[:MAX_COMMAND])))
 
     # -- sender thread --------------------------------------------------------------------
 

@@ -39,6 +39,8 @@ class StreamTopics:
     state: str
     score: str
     availability: str
+    feedback: str | None = None
+    """Where labels go (feedback on): Home Assistant gets a button that marks an alert normal."""
 
 
 def node_id(prefix: str, stream: str) -> str:
@@ -54,7 +56,8 @@ def discovery_configs(
     threshold: float,
     version: str,
 ) -> dict[str, str]:
-    """Retained discovery payloads (JSON text) by config topic for one stream's five entities."""
+    """Retained discovery payloads (JSON text) by config topic for one stream's five entities
+    (six with feedback: the button that marks the latest alert normal)."""
     device = {
         "identifiers": [node],
         "name": f"amulet {topics.stream}",
@@ -110,6 +113,13 @@ def discovery_configs(
             "icon": "mdi:engine",
         },
     }
+    if topics.feedback is not None:
+        entities["button", "mark_normal"] = {
+            "name": "latest alert was normal",
+            "command_topic": topics.feedback,
+            "payload_press": json.dumps({"event_id": "latest", "label": "normal"}),
+            "icon": "mdi:thumb-up-outline",
+        }
     out: dict[str, str] = {}
     for (component, key), entity in entities.items():
         cfg = {**entity, "unique_id": f"{node}_{key}", "object_id": f"{node}_{key}", **common}

@@ -93,3 +93,29 @@ def take_commands(
             _LOGGER.warning("mqtt: command on %s not understood: %r", topic, payload[:200])
             continue
         out.append((stream, seconds))
+
+
+def take_feedback(
+    received: queue.SimpleQueue[tuple[str, bytes]], prefix: str
+) -> list[tuple[str, str, str, str]]:
+    """The (stream, event_id or 'latest', label, note) of the feedback messages received so
+    far; malformed ones are logged and dropped."""
+    out: list[tuple[str, str, str, str]] = []
+    while True:
+        try:
+            topic, payload = received.get_nowait()
+        except queue.Empty:
+            return out
+        stream = topic[len(prefix) + 1 : -len("/feedback")]
+        try:
+            doc = json.loads(payload)
+        except (ValueError, RecursionError):
+            doc = None
+        ok = isinstance(doc, dict) and set(doc) <= {"event_id", "label", "note"}
+        if ok and isinstance(doc, dict):
+            eid, label, note = doc.get("event_id"), doc.get("label"), doc.get("note", "")
+            ok = isinstance(eid, str) and label in ("normal", "fault") and isinstance(note, str)
+        if not ok or not STREAM_ID.fullmatch(stream) or not isinstance(doc, dict):
+            _LOGGER.warning("mqtt: feedback on %s not understood: %r", topic, payload[:200])
+            continue
+        out.append((stream, doc["event_id"][:100], doc["label"], doc.get("note", "")[:500]))

@@ -40,6 +40,10 @@ class MqttSettings:
     commands: bool = False
     """Take commands on <prefix>/<stream>/command ({"learn_seconds": N}: learn the site again).
     Off by default: whoever may publish there could make the monitor learn a fault."""
+    feedback: bool = False
+    """Take labels on <prefix>/<stream>/feedback ({"event_id": ID or "latest", "label":
+    "normal"|"fault"}) and offer Home Assistant a button that marks the latest alert normal.
+    Off by default: the broker's ACLs then decide who may teach the monitor."""
     score_interval: float = 10.0
     """Seconds between score messages when homeassistant is on and scores off (max score)."""
 

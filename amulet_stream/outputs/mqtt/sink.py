@@ -30,7 +30,13 @@ from amulet_stream.outputs.mqtt.homeassistant import (
     node_id,
 )
 from amulet_stream.outputs.mqtt.outbox import Message
-from amulet_stream.outputs.mqtt.routing import STATES, StreamInfo, take_commands, with_defaults
+from amulet_stream.outputs.mqtt.routing import (
+    STATES,
+    StreamInfo,
+    take_commands,
+    take_feedback,
+    with_defaults,
+)
 from amulet_stream.outputs.mqtt.settings import MqttConfigError, MqttSettings, check_topic_part
 from amulet_stream.outputs.mqtt.spool import DurableOutbox, SpoolError, open_outbox
 from amulet_stream.outputs.mqtt.states import RetainedStates
@@ -170,6 +176,10 @@ class MqttSink:
         the stream's own); malformed ones are logged and dropped."""
         return take_commands(self._link.commands, self.settings.prefix)
 
+    def take_feedback(self) -> list[tuple[str, str, str, str]]:
+        """Labels received on <prefix>/<stream>/feedback: (stream, event_id, label, note)."""
+        return take_feedback(self._link.feedback, self.settings.prefix)
+
     def queued(self) -> int:
         """Messages waiting in the outbox."""
         return len(self.outbox)
@@ -215,6 +225,7 @@ class MqttSink:
             self.topic(stream, "state"),
             self.topic(stream, "score"),
             self.availability_topic,
+            self.topic(stream, "feedback") if self.settings.feedback else None,
         )
 
     def _body(self, stream: str, record: dict[str, Any]) -> dict[str, Any]:
