@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from amulet_stream.scoring.features import MFCC_IMAGE_V1, Profile
 
-from . import dataset, onnx_io, threshold
+from . import dataset, onnx_io, outdir, threshold
 from .dcgan_images import GREY, amulet_scores, images, sample_grey
 from .dcgan_nets import (
     BATCH,
@@ -131,7 +131,7 @@ def export(
     }
     onnx_io.attach(proto, doc)
     path = out_dir / "model.onnx"
-    onnx_io.save_atomic(proto, path)
+    outdir.save_atomic(proto, path)
     summary = {k: doc[k] for k in ("architecture", "threshold", "threshold_method", "training")}
     summary |= {"train_scores": doc["train_scores"], "parity_max_abs_diff": diff}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

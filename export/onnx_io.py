@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -22,7 +19,7 @@ from amulet_stream import __version__
 from amulet_stream.scoring.model import INPUT_NAME, OUTPUT_NAME, RESIDUAL_NAME
 from amulet_stream.scoring.model_meta import FORMAT_VERSION, META_KEY
 
-from .errors import InputError, ParityError
+from .errors import ParityError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -104,24 +101,3 @@ def attach(proto: onnx.ModelProto, doc: dict[str, Any]) -> None:
     proto.producer_name = "amulet-export"
     proto.producer_version = __version__
     proto.doc_string = f"amulet anomaly model, profile {doc['profile']['name']}"
-
-
-def save_atomic(proto: onnx.ModelProto, path: Path) -> None:
-    """Write to a temporary name beside `path`, then rename: never a half-written model."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(proto.SerializeToString())
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise InputError(f"{path}: cannot write model: {err.strerror or err}") from err
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

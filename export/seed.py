@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from amulet_stream.scoring.features import AMULET_V1
 
-from . import nets, onnx_io
+from . import nets, onnx_io, outdir
 from .errors import InputError
 
 _LOGGER = logging.getLogger(__name__)
@@ -264,5 +264,5 @@ def import_seed(h5: Path, scaler_path: Path, threshold_path: Path, out: Path) ->
         "parity": onnx_io.parity_doc(probe, keras_scores, diff),
     }
     onnx_io.attach(proto, doc)
-    onnx_io.save_atomic(proto, out)
+    outdir.save_atomic(proto, out)
     return diff

@@ -237,7 +237,7 @@ def _train_into(
         plots.loss_curves(history, stage / "loss.png")
     plots.score_distribution(train_windows, held_windows, thr, method, stage / "scores.png")
     model_path = stage / "model.onnx"
-    onnx_io.save_atomic(proto, model_path)
+    outdir.save_atomic(proto, model_path)
     if cfg.predict_file is not None:
         _predict(cfg, model_path, stage)
     summary = {k: doc[k] for k in ("threshold", "threshold_method", "train_scores", "training")}

@@ -57,15 +57,19 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def start(tmp_path: Path, audio: Path, ui: str, submit: bool = False) -> tuple[Daemon, str]:
-    """The daemon with a state directory, clips and the console on 127.0.0.1 (a free port)."""
+def start(
+    tmp_path: Path, audio: Path, ui: str, submit: bool = False, clip: tuple[float, float] = (3, 1)
+) -> tuple[Daemon, str]:
+    """The daemon with a state directory, clips (seconds before and after the trigger) and the
+    console on 127.0.0.1 (a free port)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     state = tmp_path / "state"
     cfg = tmp_path / "console.toml"
     cfg.write_text(
         stream("motor-1", audio, realtime=True, loop=True)
         + f'[daemon]\nstate_dir = "{state}"\n\n'
-        + f'[clips]\nfolder = "{state / "clips"}"\nbefore_seconds = 3\nafter_seconds = 1\n\n'
+        + f'[clips]\nfolder = "{state / "clips"}"\n'
+        + f"before_seconds = {clip[0]}\nafter_seconds = {clip[1]}\n\n"
         + f'[metrics]\nlisten = "127.0.0.1:0"\nsubmit = {str(submit).lower()}\n\n'
         + ui
     )

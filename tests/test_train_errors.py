@@ -137,6 +137,10 @@ def test_without_train_extra(tmp_path: Path, audio_dir: Path) -> None:
         ),
         (["import-seed", str(seed), "-o", str(out / "seed.onnx")], "import-seed"),
         (["evaluate", "--out", str(out)], "evaluation"),
+        (
+            ["adapt", str(MODEL), "--normal", str(audio_dir / "healthy_10s.wav"), "-o", str(out)],
+            "adapt",
+        ),
     ):
         proc = run(*args)
         assert proc.returncode == 2, proc.stderr

@@ -1,0 +1,138 @@
+"""`amulet-export adapt`: fold recordings an operator marked normal (and a stream's learned
+commissioning values) into a model: the threshold and level range are recalibrated so those
+recordings would not have alerted, through the runtime's own commissioning path; the graph is
+unchanged. The new file is verified like any export, and adapt says what it changed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from amulet_stream.audio.sources import FileSource
+from amulet_stream.audio.wav import WavError, read_info
+from amulet_stream.outputs.feedback import FOLDER as FEEDBACK
+from amulet_stream.scoring.commission import Learned
+from amulet_stream.scoring.detector import DetectorSettings
+from amulet_stream.scoring.model import Model
+from amulet_stream.scoring.model_meta import META_KEY, ModelError
+from amulet_stream.scoring.pipeline import StreamPipeline, replay
+from amulet_stream.service import learned as learned_store
+from amulet_stream.text import STREAM_ID, shown
+
+from .errors import EXIT_FAIL, EXIT_OK, InputError
+from .outdir import save_atomic
+from .verify import verify
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def heard(model: Model, wav: Path) -> Learned:
+    """What a stream would learn on site from the whole of `wav` (default detector)."""
+    try:
+        src = FileSource(read_info(wav))
+    except (OSError, WavError) as err:
+        raise InputError(f"{wav}: {err}") from err
+    settings = DetectorSettings(learn_seconds=src.info.duration)
+    pipe = StreamPipeline(model, src.rate, settings=settings)
+    replay(pipe, src)
+    site = pipe.site
+    if site.learned is not None:
+        return site.learned
+    if site.learning is None:
+        raise InputError(f"{wav}: too short to learn from ({src.info.duration:.2f} s)")
+    p = model.profile
+    hop_seconds = site.evidence.hop * p.step / p.rate
+    return site.learning.decide(settings, hop_seconds, site.model_band)
+
+
+def normal_files(args: argparse.Namespace) -> tuple[list[Path], str]:
+    """The recordings to fold in, and where they came from (in words)."""
+    if (args.feedback is None) == (not args.normal):
+        raise InputError("adapt needs --feedback STATE_DIR --stream ID, or --normal FILE...")
+    if args.normal:
+        missing = [f for f in args.normal if not f.is_file()]
+        if missing:
+            raise InputError(f"--normal {missing[0]}: no such file")
+        return list(args.normal), f"{len(args.normal)} file(s) given"
+    if args.stream is None or not STREAM_ID.fullmatch(args.stream):
+        raise InputError(f"--feedback needs --stream ID, not {shown(args.stream)}")
+    folder = args.feedback / FEEDBACK / args.stream / "normal"
+    if not args.feedback.is_dir():
+        raise InputError(f"--feedback {args.feedback}: no such folder (the daemon's state_dir)")
+    files = sorted(folder.glob("*.wav")) if folder.is_dir() else []
+    return files, f"{len(files)} clip(s) marked normal in {folder}"
+
+
+def adapt_command(args: argparse.Namespace) -> int:
+    """Write the adapted model to args.output; one line per change on stderr."""
+    try:
+        model = Model(args.model)
+    except ModelError as err:
+        raise InputError(str(err)) from err
+    files, where = normal_files(args)
+    learned = None
+    if args.feedback is not None:
+        learned = learned_store.load(args.feedback, args.stream, model.sha256)
+    if not files and learned is None:
+        raise InputError(f"nothing to fold in: {where}, and no learned values of this model")
+    if args.output.resolve() == args.model.resolve():
+        raise InputError("-o must name a new file: the model in use stays as it is")
+    found = [heard(model, f) for f in files] + ([learned] if learned else [])
+    threshold = max(x.threshold for x in found)
+    bands = [x.level for x in found if x.level is not None]
+    doc = _metadata(args.model)
+    changes = [f"threshold {model.threshold:.6g} -> {threshold:.6g}"]
+    if bands and isinstance(doc.get("level"), dict):
+        old = doc["level"]
+        low = min([old["low_db"], *(b.low_db for b in bands)])
+        high = max([old["high_db"], *(b.high_db for b in bands)])
+        changes.append(
+            f"level range {old['low_db']:.2f}..{old['high_db']:.2f} -> {low:.2f}..{high:.2f} dB"
+        )
+        doc["level"] = {**old, "low_db": round(low, 2), "high_db": round(high, 2)}
+    doc["threshold"] = threshold
+    doc["adapted"] = {
+        "from_sha256": model.sha256,
+        "normal_files": [f.name for f in files],
+        "learned_seconds": learned.seconds if learned else None,
+        "threshold_before": model.threshold,
+        "changes": changes,
+    }
+    proto = _onnx().load(str(args.model))
+    for entry in proto.metadata_props:
+        if entry.key == META_KEY:
+            entry.value = json.dumps(doc, sort_keys=True)
+    save_atomic(proto, args.output)
+    ok, line = verify(args.output)
+    if not ok:
+        args.output.unlink(missing_ok=True)
+        _LOGGER.error("%s", line)
+        return EXIT_FAIL
+    _LOGGER.info("adapt: folded in %s%s", where, " and the stream's learned values" * bool(learned))
+    for change in changes:
+        _LOGGER.info("adapt: %s", change)
+    print(args.output)
+    return EXIT_OK
+
+
+def _onnx() -> Any:
+    """The onnx package (the train extra): a missing extra is named, not a traceback."""
+    from .tfimport import train_extra
+
+    with train_extra("adapt"):
+        import onnx
+    return onnx
+
+
+def _metadata(path: Path) -> dict[str, Any]:
+    """The model file's metadata document."""
+    proto = _onnx().load(str(path), load_external_data=False)
+    for entry in proto.metadata_props:
+        if entry.key == META_KEY:
+            doc = json.loads(entry.value)
+            if isinstance(doc, dict):
+                return doc
+    raise InputError(f"{path}: no amulet metadata")
