@@ -84,6 +84,8 @@ def test_labels_over_mqtt_and_the_home_assistant_button(faulty: Path, tmp_path: 
         wait_until(lambda: labelled(state, "normal") == [alert["event_id"]], 20, "the label")
         normal = state / "feedback" / "m1" / "normal"
         assert [p.suffix for p in sorted(normal.iterdir())] == [".json", ".wav"]
+        for p in [state / "feedback", *(state / "feedback").rglob("*")]:  # private, as the rest
+            assert p.stat().st_mode & 0o777 == (0o700 if p.is_dir() else 0o600), p
         body = json.dumps({"event_id": alert["event_id"], "label": "fault", "note": "bearing"})
         publish.single("amulet/m1/feedback", body, hostname="127.0.0.1", port=broker.port, qos=1)
         wait_until(lambda: labelled(state, "fault") == [alert["event_id"]], 20, "the new label")

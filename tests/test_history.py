@@ -147,7 +147,7 @@ def test_an_unusable_history_does_not_stop_monitoring(cycles: Path, tmp_path: Pa
     state = tmp_path / "state"
     (state / FILE).mkdir(parents=True)  # a folder where the file should be
     cfg = tmp_path / "h.toml"
-    cfg.write_text(stream("m1", cycles) + f'[daemon]\nstate_dir = "{state}"\n')
+    cfg.write_text(stream("m1", cycles, realtime=False) + f'[daemon]\nstate_dir = "{state}"\n')
     d = Daemon(cfg)
     assert d.proc.wait(60) == 0
     d.stop()
@@ -174,3 +174,35 @@ def test_careless_use_gets_one_line_and_exit_2(
     proc = events_cli(*(a.format(tmp=tmp_path) for a in args))
     assert proc.returncode == 2 and words in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "clips", ["", "[clips]\nenabled = false\n", "[clips]\nafter_seconds = 1\n"]
+)
+def test_a_state_directory_keeps_clips_unless_told_not_to(
+    cycles: Path, tmp_path: Path, clips: str
+) -> None:
+    state = tmp_path / "state"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        stream("m1", cycles, realtime=False) + f'[daemon]\nstate_dir = "{state}"\n\n' + clips
+    )
+    d = Daemon(cfg)
+    assert d.proc.wait(60) == 0, d.stderr.decode()
+    d.stop()
+    assert d.events("anomaly", "m1")
+    kept = sorted(p.suffix for p in (state / "clips").glob("m1-*"))
+    if "enabled = false" in clips:
+        assert not (state / "clips").exists()
+    else:  # every alert has its audio: a wav and its sidecar each
+        assert kept and kept.count(".wav") == kept.count(".json") == len(d.events("anomaly"))
+
+
+def test_clips_without_a_folder_need_a_state_directory(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[source]\nkind = "file"\npath = "x.wav"\n\n[clips]\nafter_seconds = 1\n')
+    proc = subprocess.run(
+        [BIN, "run", "--config", str(cfg)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 2 and "clips.folder is needed" in proc.stderr, proc.stderr
+    assert "or a [daemon] state_dir" in proc.stderr

@@ -9,6 +9,7 @@ from amulet_stream.cli.options import UsageError, check_buffer, config_from_args
 from amulet_stream.outputs.jsonl import JsonLines
 from amulet_stream.scoring.model import default_model_path
 from amulet_stream.service.daemon import Daemon
+from amulet_stream.service.startup import with_default_clips
 
 
 def run(args: argparse.Namespace) -> int:
@@ -16,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
     if args.duration is not None and not 0 < args.duration < float("inf"):
         raise UsageError(f"--duration must be a positive number of seconds, not {args.duration:g}")
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the daemon handles it: never fatal
-    cfg = config_from_args(args)
+    cfg = with_default_clips(config_from_args(args))
     for stream in cfg.all_streams():
         if stream.model.path is None or stream.model.path == default_model_path():
             load_model(stream.model)  # the demo-model warning
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     daemon = Daemon(
         cfg,
         JsonLines(args.scores),
-        reload=(lambda: config_from_args(args)) if args.config else None,
+        reload=(lambda: with_default_clips(config_from_args(args))) if args.config else None,
         buffer_seconds=args.buffer,
         duration=args.duration,
     )

@@ -81,10 +81,12 @@ class Feedback:
                 for path in (wav, wav.with_suffix(".json")):
                     (self.folder / stream / other / path.name).unlink(missing_ok=True)
             dest = self.folder / stream / label
-            dest.mkdir(parents=True, exist_ok=True, mode=0o750)
+            for folder in (self.folder, self.folder / stream, dest):
+                folder.mkdir(exist_ok=True, mode=0o700)  # private, as the state directory
             for path in (wav, wav.with_suffix(".json")):
                 tmp = dest / f".{path.name}.tmp"
                 shutil.copyfile(path, tmp)
+                os.chmod(tmp, 0o600)
                 os.replace(tmp, dest / path.name)
         except OSError as err:
             _LOGGER.error("%s: the clip of %s not kept apart: %s", stream, event["event_id"], err)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -80,6 +81,8 @@ class History:
         if not write and not path.is_file():
             raise HistoryError(f"{path}: no event history there (no such file)")
         try:
+            if write:  # private, like the rest of the state directory (WAL and SHM follow it)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             uri = f"{path.resolve().as_uri()}?mode={'rwc' if write else 'ro'}"
             self._db = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
             self._db.isolation_level = None  # autocommit: each statement is its own commit

@@ -59,7 +59,9 @@ class Config:
     """[[stream]] tables; empty: one stream from [source], [model] and [detector]."""
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     clips: ClipSettings | None = None
-    """[clips]; None: no evidence clips."""
+    """[clips]; None: no evidence clips (`run` with a state directory: `<state_dir>/clips`)."""
+    clips_enabled: bool = True
+    """[clips] enabled = false: no clips even with a state directory."""
     integrity: IntegritySettings = field(default_factory=IntegritySettings)
     history: HistorySettings = field(default_factory=HistorySettings)
     ui: UiConfig = field(default_factory=UiConfig)
@@ -191,8 +193,14 @@ def load(path: Path) -> Config:
     if "state_dir" in dmn:
         dmn["state_dir"] = _resolve(path, dmn["state_dir"], "daemon.state_dir")
     clips = sec["clips"]
-    if "clips" in doc and "folder" not in clips:
-        raise ConfigError(f"{path}: clips.folder is needed (where evidence clips go)")
+    clips_enabled = clips.pop("enabled", True)
+    if clips_enabled and "clips" in doc and "folder" not in clips:
+        if "state_dir" not in dmn:
+            raise ConfigError(
+                f"{path}: clips.folder is needed (where evidence clips go), or a [daemon] "
+                "state_dir (clips then go to its clips folder)"
+            )
+        clips["folder"] = str(Path(dmn["state_dir"]) / "clips")
     if "folder" in clips:
         if not clips["folder"].strip():
             raise ConfigError(f"{path}: clips.folder is empty: give the folder for the clips")
@@ -205,8 +213,9 @@ def load(path: Path) -> Config:
         build(MetricsConfig, sec["metrics"], f"{path}: metrics"),
         streams,
         build(DaemonConfig, dmn, f"{path}: daemon"),
-        build(ClipSettings, clips, f"{path}: clips") if "clips" in doc else None,
-        build(IntegritySettings, sec["integrity"], f"{path}: integrity"),
-        build(HistorySettings, sec["history"], f"{path}: history"),
-        build(UiConfig, sec["ui"], f"{path}: ui"),
+        build(ClipSettings, clips, f"{path}: clips") if "clips" in doc and clips_enabled else None,
+        clips_enabled=clips_enabled,
+        integrity=build(IntegritySettings, sec["integrity"], f"{path}: integrity"),
+        history=build(HistorySettings, sec["history"], f"{path}: history"),
+        ui=build(UiConfig, sec["ui"], f"{path}: ui"),
     )

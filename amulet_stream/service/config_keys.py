@@ -90,6 +90,7 @@ TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "reopen_max_seconds": (int, float),
     },
     "clips": {
+        "enabled": (bool,),
         "folder": (str,),
         "before_seconds": (int, float),
         "after_seconds": (int, float),

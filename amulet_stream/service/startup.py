@@ -11,6 +11,7 @@ from pathlib import Path
 
 from amulet_stream.audio.devices import resolve
 from amulet_stream.audio.wav import WavError, read_info
+from amulet_stream.outputs.clip_store import ClipSettings
 from amulet_stream.scoring.model import Model, default_model_path
 from amulet_stream.service.config import Config, StreamConfig
 
@@ -34,6 +35,16 @@ def state_dir(cfg: Config) -> Path | None:
         return cfg.daemon.state_dir
     env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     return Path(env) if env else None
+
+
+def with_default_clips(cfg: Config) -> Config:
+    """`run` with a state directory keeps evidence clips in `<state_dir>/clips` unless the
+    config has a [clips] section (or `[clips] enabled = false`): every alert has audio to play,
+    label and learn from."""
+    folder = state_dir(cfg)
+    if cfg.clips is not None or not cfg.clips_enabled or folder is None:
+        return cfg
+    return replace(cfg, clips=ClipSettings(folder / "clips"))
 
 
 class Models:
