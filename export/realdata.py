@@ -30,7 +30,9 @@ _LOGGER = logging.getLogger(__name__)
 F64 = npt.NDArray[np.float64]
 Trainer = Callable[[list[Path], Path], Path]
 NORMAL_DIRS = ("normal",)
-ANOMALY_DIRS = ("anomaly", "abnormal")
+ANOMALY_DIRS = ("anomaly", "abnormal", "fault")
+FEEDBACK = "feedback"
+"""A daemon's state directory: what its operators labelled, feedback/<stream>/normal|fault."""
 
 
 @dataclass(frozen=True)
@@ -72,16 +74,18 @@ class Outcome:
 
 
 def find(root: Path) -> LabelledSet:
-    """The labelled recordings under `root`: normal/ and anomaly/ (or abnormal/) folders at any
-    depth (train/ and test/ included), or DCASE names containing 'normal' or 'anomaly'."""
+    """The labelled recordings under `root`: normal/ and anomaly/ (or abnormal/, fault/)
+    folders at any depth (train/ and test/ included), or DCASE names containing 'normal' or
+    'anomaly'; in a daemon's state directory, only the clips its operators labelled."""
     if not root.is_dir():
         raise InputError(f"--dataset {root}: no such folder")
     normal: list[Path] = []
     anomaly: list[Path] = []
-    for path in sorted(root.rglob("*")):
+    scan = root / FEEDBACK if (root / FEEDBACK).is_dir() else root
+    for path in sorted(scan.rglob("*")):
         if path.suffix.lower() != ".wav" or not path.is_file():
             continue
-        parts = {p.lower() for p in path.relative_to(root).parts[:-1]}
+        parts = {p.lower() for p in path.relative_to(scan).parts[:-1]}
         name = path.name.lower()
         if parts & set(ANOMALY_DIRS) or "anomaly" in name or "abnormal" in name:
             anomaly.append(path)
@@ -90,8 +94,9 @@ def find(root: Path) -> LabelledSet:
     if len(normal) < 2 or not anomaly:
         raise InputError(
             f"--dataset {root}: {len(normal)} normal and {len(anomaly)} anomalous recording(s) "
-            "found; needs at least 2 normal and 1 anomalous (normal/ and anomaly/ folders, or "
-            "names containing 'normal' / 'anomaly')"
+            "found; needs at least 2 normal and 1 anomalous (normal/ and anomaly/ folders, "
+            "names containing 'normal' / 'anomaly', or a state directory's alerts labelled "
+            "normal and fault)"
         )
     return LabelledSet(root, normal, anomaly)
 

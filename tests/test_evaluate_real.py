@@ -69,3 +69,25 @@ def test_dataset_refuses_careless_input(tmp_path: Path) -> None:
         )
         assert proc.returncode == 2 and words in proc.stderr, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_state_directory_s_labelled_clips_are_a_dataset(tmp_path: Path) -> None:
+    """`evaluate --dataset STATE_DIR`: the clips operators marked normal and fault (feedback/),
+    not the unlabelled ones beside them (clips/)."""
+    from amulet_export.realdata import find
+    from amulet_stream.audio.wav_write import write_wav
+    from amulet_stream.synth.motor import generate
+
+    layout = {
+        "feedback/m1/normal": 3,
+        "feedback/m2/normal": 1,
+        "feedback/m1/fault": 2,
+        "clips": 4,  # unlabelled: not part of it
+    }
+    for folder, n in layout.items():
+        (tmp_path / folder).mkdir(parents=True)
+        for i in range(n):
+            write_wav(tmp_path / folder / f"m-{i}.wav", generate(0.5, 16000, seed=i), 16000)
+    data = find(tmp_path)
+    assert len(data.normal) == 4 and len(data.anomaly) == 2
+    assert all("feedback" in p.parts for p in data.normal + data.anomaly)
