@@ -73,6 +73,11 @@ def start(
         + f'[metrics]\nlisten = "127.0.0.1:0"\nsubmit = {str(submit).lower()}\n\n'
         + ui
     )
+    return start_config(cfg)
+
+
+def start_config(cfg: Path) -> tuple[Daemon, str]:
+    """`run --config CFG` and the base URL of its listener (the port it logged)."""
     d = Daemon(cfg)
     found: list[str] = []
 
@@ -237,6 +242,8 @@ def test_the_api_refuses_what_it_must(faulty: Path, tmp_path: Path) -> None:
             assert call(url, body)[0] == 400, body
         assert call(f"{base}/api/events/nosuch/feedback", {"label": "normal"})[0] == 404
         assert call(f"{base}/api/events/{alert['event_id']}")[1]["label"] is None
+        codes = [call(url, {"label": "fault"}, Origin="http://evil.example")[0] for _ in range(30)]
+        assert codes.count(429) == 8 and set(codes) == {403, 429}  # 30 requests a minute
         with urllib.request.urlopen(base + "/", timeout=10) as r:
             assert "default-src 'self'" in r.headers["Content-Security-Policy"]
             assert "<script>" not in r.read().decode().replace("<script src=", "")  # no inline
@@ -262,3 +269,26 @@ def test_the_console_stays_off_on_an_open_address_without_auth(tmp_path: Path) -
     assert console_on(UiConfig(), with_auth)
     assert console_on(UiConfig(enabled=True), MetricsConfig(listen="0.0.0.0:8491"))
     assert not console_on(UiConfig(enabled=False), MetricsConfig(listen="127.0.0.1:8491"))
+
+
+def test_without_a_state_directory_the_page_lists_this_run_s_events(
+    faulty: Path, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(
+        stream("m1", faulty, realtime=True, loop=True)
+        + '[metrics]\nlisten = "127.0.0.1:0"\n\n[ui]\nfeedback = true\n'
+    )
+    d, base = start_config(cfg)
+    try:
+        wait_until(lambda: bool(call(f"{base}/api/events")[1]["events"]), 30, "an event")
+        doc = call(f"{base}/api/streams")[1]
+        assert doc["history"] == "memory" and doc["streams"][0]["id"] == "m1"
+        event = call(f"{base}/api/events?stream=m1&limit=1")[1]["events"][0]
+        assert call(f"{base}/api/events/{event['event_id']}")[1]["clip"] is False
+        got = call(f"{base}/api/events/{event['event_id']}/feedback", {"label": "normal"})
+        assert got[0] == 409 and "no event history is kept" in got[1]["error"]
+        assert call(f"{base}/api/events?since=yesterday")[0] == 400
+        assert call(f"{base}/api/nosuch")[0] == 404
+    finally:
+        d.stop()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
@@ -39,6 +41,8 @@ SECURITY_HEADERS = [
 MAX_FEEDBACK_BYTES = 4096
 MAX_NOTE = 500
 MAX_CLIP_SECONDS = 120.0
+MAX_POSTS = 30
+"""Feedback requests taken per minute (all clients); beyond, 429 with Retry-After."""
 Answer = tuple[str, str, bytes]
 """(status, content type, body)."""
 
@@ -70,6 +74,7 @@ class Console:
         self.clips = clips
         self.feedback = feedback
         self.marks = marks
+        self._posts: deque[float] = deque(maxlen=MAX_POSTS)
         self.token = secrets.token_urlsafe(24)
         """The page's CSRF token (a new one each start: an open page reloads)."""
 
@@ -82,7 +87,7 @@ class Console:
         if method == "POST" and len(parts) == 4 and parts[:2] == ["api", "events"]:
             status, kind, body = self._feedback(environ, parts[2])
         elif method not in ("GET", "HEAD"):
-            status, kind, body = _json("405 Method Not Allowed", {"error": "use GET"})
+            status, kind, body = _error("405 Method Not Allowed", "use GET")
         else:
             status, kind, body = self._get(parts, environ.get("QUERY_STRING", ""))
         headers = [("Content-Type", kind), ("Content-Length", str(len(body)))]
@@ -109,12 +114,12 @@ class Console:
         if len(parts) in (3, 4) and parts[:2] == ["api", "events"]:
             event = self._event(parts[2])
             if event is None:
-                return _json("404 Not Found", {"error": f"no event {parts[2]!r} in the history"})
+                return _error("404 Not Found", f"no event {parts[2]!r} in the history")
             if len(parts) == 3:
                 return _json("200 OK", {**event, **self._clip_facts(event)})
             if parts[3] in ("clip.wav", "spectrogram.png"):
                 return self._clip_answer(event, parts[3])
-        return _json("404 Not Found", {"error": "no such endpoint: /" + "/".join(parts)})
+        return _error("404 Not Found", "no such endpoint: /" + "/".join(parts))
 
     def _events(self, q: dict[str, list[str]]) -> Answer:
         stream = q.get("stream", [""])[0] or None
@@ -129,9 +134,8 @@ class Console:
                     else (unix_time(since_text))
                 )
         except ValueError:
-            return _json(
-                "400 Bad Request",
-                {"error": "since: unix seconds or ISO 8601 with a zone; limit: a number"},
+            return _error(
+                "400 Bad Request", "since: unix seconds or ISO 8601 with a zone; limit: a number"
             )
         if self.history is not None:
             found = self.history.events(stream, since, None, limit)
@@ -172,22 +176,17 @@ class Console:
     def _clip_answer(self, event: dict[str, Any], name: str) -> Answer:
         found = self._clip(event)
         if found is None:
-            return _json(
-                "404 Not Found",
-                {
-                    "error": "this event has no clip (clips are off, "
-                    "still being written, or deleted by retention)"
-                },
-            )
+            why = "clips are off, still being written, or deleted by retention"
+            return _error("404 Not Found", f"this event has no clip ({why})")
         wav, meta = found
         try:
             info = read_info(wav)
             if info.duration > MAX_CLIP_SECONDS:
-                return _json("413 Content Too Large", {"error": "clip longer than 120 s"})
+                return _error("413 Content Too Large", "clip longer than 120 s")
             audio = np.concatenate([select_channel(b, None) for b in iter_blocks(info)])
         except (OSError, WavError, ValueError) as err:
             _LOGGER.warning("console: clip %s: %s", wav, err)
-            return _json("500 Internal Server Error", {"error": f"the clip cannot be read: {err}"})
+            return _error("500 Internal Server Error", f"the clip cannot be read: {err}")
         if name == "clip.wav":
             return "200 OK", "audio/wav", pcm16_wav(audio, info.rate)
         trigger = meta.get("trigger", {})
@@ -198,32 +197,31 @@ class Console:
 
     def _feedback(self, environ: dict[str, Any], event_id: str) -> Answer:
         if not self.feedback:
-            return _json("403 Forbidden", {"error": "feedback is off: set [ui] feedback = true"})
+            return _error("403 Forbidden", "feedback is off: set [ui] feedback = true")
+        now = time.monotonic()
+        if len(self._posts) == MAX_POSTS and now - self._posts[0] < 60.0:
+            return _error("429 Too Many Requests", f"at most {MAX_POSTS} labels a minute")
+        self._posts.append(now)
         origin = environ.get("HTTP_ORIGIN")
         if origin is not None:  # a browser: its own origin, and the page's token
             if urlsplit(origin).netloc != environ.get("HTTP_HOST", ""):
-                return _json(
-                    "403 Forbidden", {"error": f"cross-site request from {origin!r} refused"}
-                )
+                return _error("403 Forbidden", f"cross-site request from {origin!r} refused")
             if not secrets.compare_digest(environ.get("HTTP_X_CSRF_TOKEN", ""), self.token):
-                return _json(
-                    "403 Forbidden",
-                    {"error": "the page's token is missing or stale: reload the page"},
+                return _error(
+                    "403 Forbidden", "the page's token is missing or stale: reload the page"
                 )
         if environ.get("CONTENT_TYPE", "").split(";")[0].strip() != "application/json":
-            return _json("415 Unsupported Media Type", {"error": "send application/json"})
+            return _error("415 Unsupported Media Type", "send application/json")
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             length = -1
         if not 0 < length <= MAX_FEEDBACK_BYTES:
-            return _json(
-                "413 Content Too Large", {"error": f"a body of 1 to {MAX_FEEDBACK_BYTES} bytes"}
-            )
+            return _error("413 Content Too Large", f"a body of 1 to {MAX_FEEDBACK_BYTES} bytes")
         try:
             doc = json.loads(environ["wsgi.input"].read(length))
         except (ValueError, OSError):
-            return _json("400 Bad Request", {"error": "the body is not JSON"})
+            return _error("400 Bad Request", "the body is not JSON")
         label = doc.get("label") if isinstance(doc, dict) else None
         note = doc.get("note", "") if isinstance(doc, dict) else ""
         if label not in LABELS or not isinstance(note, str) or len(note) > MAX_NOTE:
