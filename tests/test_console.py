@@ -207,6 +207,10 @@ def test_the_page_shows_an_alert_plays_its_clip_and_takes_feedback(
         assert browser.execute_script("return window.__xss") is None
         assert browser.find_elements(By.CSS_SELECTOR, "#analyse-plot canvas")
         shot(browser, "console-analyse.png")
+        browser.get(base + "/#streams")
+        card = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, '[data-stream="motor-1"]'))
+        wait.until(lambda b: "1 marked normal" in card.text)  # the feedback so far
+        assert "trained on 300 s of audio in 1 file(s); threshold 0.3262 (recordings" in card.text
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors
     finally:

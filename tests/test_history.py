@@ -64,6 +64,7 @@ def test_kept_filtered_labelled_and_newest_first(tmp_path: Path) -> None:
     assert [e["event_id"] for e in h.events(label="normal")] == [a1["event_id"]]
     assert h.events(label="fault") == []
     assert len(h.events(label="none")) == 2 and len(h.events(limit=1)) == 1
+    assert h.label_counts() == {"m1": {"normal": 1}}
     h.close()
     db = sqlite3.connect(tmp_path / FILE)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -102,8 +102,10 @@ class Console:
             return "200 OK", STATIC[parts[1]], _static(parts[1])
         if parts == ["api", "streams"]:
             kept = "file" if self.history is not None else "memory"
+            counts = self.history.label_counts() if self.history is not None else {}
+            streams = [{**s, "feedback": counts.get(s["id"], {})} for s in self.board.streams()]
             body = {
-                "streams": self.board.streams(),
+                "streams": streams,
                 "history": kept,
                 "feedback": self.feedback,
                 "submit": self.submit,

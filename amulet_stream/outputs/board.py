@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amulet_stream.outputs.history import KEPT
+from amulet_stream.scoring.commission import Learned
 from amulet_stream.scoring.model import Model
 
 SERIES_SECONDS = 600.0
@@ -104,18 +105,29 @@ class Board:
             return [{**r, "label": None} for r in self._recent]
 
 
-def describe(model: Model) -> dict[str, object]:
-    """What the console says of a model."""
+def describe(model: Model, learned: Learned | None = None) -> dict[str, object]:
+    """What the console says of a model (and of what its stream learned on site), with a
+    sentence for people in "words"."""
     raw = model.meta.raw
-    training = raw.get("training", {})
+    training = raw.get("training", {}) if isinstance(raw.get("training"), dict) else {}
     details = raw.get("threshold_details", {})
+    over = details.get("over") if isinstance(details, dict) else None
+    files = len(training.get("files", []))
+    words = (
+        f"trained on {training.get('seconds', 0):g} s of audio in {files} file(s); threshold "
+        f"{model.threshold:.4g} ({model.meta.threshold_method}{', over ' + over if over else ''})"
+    )
+    if "adapted" in raw:
+        words += f"; adapted: {', '.join(raw['adapted'].get('changes', []))}"
+    if learned is not None:
+        words += f"; learned on site from {learned.seconds:g} s: threshold {learned.threshold:.4g}"
+        if learned.suspect:
+            words += f" (suspect: {learned.suspect})"
     return {
         "file": model.path.name,
         "sha256": model.sha256[:12],
         "profile": model.profile.name,
         "architecture": raw.get("architecture", {}).get("kind"),
         "threshold_method": model.meta.threshold_method,
-        "threshold_over": details.get("over") if isinstance(details, dict) else None,
-        "training_seconds": training.get("seconds") if isinstance(training, dict) else None,
-        "training_files": len(training.get("files", [])) if isinstance(training, dict) else None,
+        "words": words,
     }

@@ -178,6 +178,16 @@ class History:
         latest = labels[-1]["label"] if labels else None
         return {**json.loads(row[0]), "label": latest, "labels": labels}
 
+    def label_counts(self) -> dict[str, dict[str, int]]:
+        """Stream -> latest label -> how many of its events carry it."""
+        sql = f"SELECT stream, {LATEST_LABEL} AS l, count(*) FROM events WHERE l IS NOT NULL"
+        with self._lock:
+            rows = self._db.execute(sql + " GROUP BY stream, l").fetchall()
+        out: dict[str, dict[str, int]] = {}
+        for stream, label, n in rows:
+            out.setdefault(stream, {})[label] = int(n)
+        return out
+
     def events(
         self,
         stream: str | None = None,

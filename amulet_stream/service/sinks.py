@@ -154,7 +154,7 @@ class Sinks:
         """A stream learned its site: its new threshold (metrics, Home Assistant) and whether
         what it learned looks like a fault."""
         if self.board is not None:
-            self.board.stream_started(stream, describe(model), threshold)
+            self.board.stream_started(stream, describe(model, learned), threshold)
         if self.mqtt is not None:
             self.mqtt.add_stream(stream, threshold, model.sha256)
         if self.metrics is not None:

@@ -28,6 +28,11 @@ function utc(t) {
   return typeof t === "string" ? t.replace("T", " ").replace("Z", "") : "-";
 }
 
+function feedbackText(counts) {
+  const parts = Object.entries(counts || {}).map(([label, n]) => `${n} marked ${label}`);
+  return parts.length ? parts.join(", ") : "none yet";
+}
+
 function card(s) {
   const c = el("div", null, "card");
   c.dataset.stream = s.id;
@@ -40,6 +45,8 @@ function card(s) {
     ["threshold", fmt(s.threshold)],
     ["input level", s.level_dbfs === null ? "-" : `${s.level_dbfs} dBFS`],
     ["last alert", s.last_alert ? utc(s.last_alert.time) : "none"],
+    ["model in words", model.words || "-"],
+    ["feedback", feedbackText(s.feedback)],
   ]) {
     lines.append(el("dt", k), el("dd", v));
   }
@@ -57,6 +64,8 @@ function updateCard(c, s) {
   dds[1].textContent = fmt(s.threshold);
   dds[2].textContent = s.level_dbfs === null ? "-" : `${s.level_dbfs} dBFS`;
   dds[3].textContent = s.last_alert ? utc(s.last_alert.time) : "none";
+  dds[4].textContent = model.words || "-";
+  dds[5].textContent = feedbackText(s.feedback);
   const xs = s.series.map((p) => p[0]);
   const ys = s.series.map((p) => p[1]);
   const th = s.series.map(() => s.threshold);
