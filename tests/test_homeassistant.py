@@ -369,3 +369,58 @@ def test_daemon_streams_appear_alert_and_are_pruned(
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def test_the_feedback_button_marks_the_latest_alert_normal(
+    hass: HomeAssistant, broker: Mosquitto, tmp_path: Path
+) -> None:
+    """`[mqtt] feedback = true`: the daemon's stream gets a button; pressing it in Home
+    Assistant (its REST API, as the dashboard does) marks the stream's latest alert normal in
+    the history, and its clip is kept apart for `amulet-export adapt`."""
+    from amulet_stream.audio.wav_write import write_wav
+    from amulet_stream.synth.motor import generate
+    from amulet_stream.synth.spec import Fault
+
+    wav = tmp_path / "fault.wav"
+    write_wav(wav, generate(12.0, 16000, seed=7, fault=Fault("imbalance", 3.0, 12.0, 0.8)), 16000)
+    state_dir = tmp_path / "state"
+    cfg = tmp_path / "fb.toml"
+    cfg.write_text(
+        f"[mqtt]\nport = {broker.port}\nhomeassistant = true\nfeedback = true\n"
+        f'[daemon]\nstate_dir = "{state_dir}"\n'
+        f"[clips]\nbefore_seconds = 2\nafter_seconds = 0.5\n"
+        f'[[stream]]\nid = "motor-fb"\nkind = "file"\npath = "{wav}"\nloop = true\n'
+    )
+    proc = subprocess.Popen(
+        [BIN, "run", "--config", str(cfg), "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    button = entity("button", "motor-fb", "mark_normal")
+    try:
+        wait_until(lambda: hass.state(button) is not None, 30, f"{button} discovered")
+        anomaly = entity("binary_sensor", "motor-fb", "anomaly")
+        wait_until(lambda: (hass.state(anomaly) or {}).get("state") == "on", 60, "an alert")
+        time.sleep(1.0)  # its clip: 0.5 s after the trigger
+        hass.call("/api/services/button/press", {"entity_id": button})
+
+        def labelled() -> list[dict[str, Any]]:
+            out = subprocess.run(
+                [BIN, "events", "--state-dir", str(state_dir), "--label", "normal"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+            return [json.loads(line) for line in out.splitlines()]
+
+        wait_until(lambda: len(labelled()) == 1, 20, "the latest alert marked normal")
+        assert labelled()[0]["event"] == "anomaly"
+        assert hass.problems() == []
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
