@@ -10,13 +10,10 @@ import re
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from amulet_stream.cli.options import EXIT_OK, UsageError
+from amulet_stream.cli.options import EXIT_OK, UsageError, daemon_state_dir
 from amulet_stream.outputs.history import FILE, History, HistoryError
-from amulet_stream.service.config import load
-from amulet_stream.service.startup import state_dir as configured_state_dir
 from amulet_stream.text import STREAM_ID, shown
 
 AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -55,21 +52,12 @@ def since_time(text: str, now: float | None = None) -> float:
 def events_command(args: argparse.Namespace) -> int:
     """Print the events that match, newest first; exit 2 with one line if there is no
     history where the arguments point."""
-    if (args.state_dir is None) == (args.config is None):
-        raise UsageError("events needs --state-dir DIR or --config FILE (its [daemon] state_dir)")
     if args.stream is not None and not STREAM_ID.fullmatch(args.stream):
         raise UsageError(f"--stream {shown(args.stream)}: not a stream id")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be at least 1, not {args.limit}")
     since = None if args.since is None else since_time(args.since)
-    folder = Path(args.state_dir) if args.state_dir is not None else None
-    if args.config is not None:
-        folder = configured_state_dir(load(args.config))
-        if folder is None:
-            raise UsageError(f"{args.config} sets no [daemon] state_dir: give --state-dir")
-    assert folder is not None
-    if not folder.is_dir():
-        raise UsageError(f"--state-dir {folder}: no such folder (the daemon's state_dir)")
+    folder, _ = daemon_state_dir(args, "events")
     try:
         history = History(folder / FILE, write=False)
         rows = history.events(args.stream, since, args.label, args.limit)

@@ -14,6 +14,7 @@ from amulet_stream.outputs.mqtt.settings import MqttConfigError, MqttSettings
 from amulet_stream.scoring.detector import RENAMED
 from amulet_stream.scoring.model import Model, ModelConfig, default_model_path
 from amulet_stream.service.config import Config, StreamConfig, load
+from amulet_stream.service.startup import state_dir
 
 _LOGGER = logging.getLogger("amulet_stream")
 EXIT_OK, EXIT_ANOMALY, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -173,3 +174,19 @@ def check_buffer(seconds: float) -> None:
         raise UsageError(
             f"--buffer must be between {BUFFERS[0]:g} and {BUFFERS[1]:g} seconds, not {seconds:g}"
         )
+
+
+def daemon_state_dir(args: argparse.Namespace, command: str) -> tuple[Path, Config | None]:
+    """The state directory a command about a running daemon names (--state-dir DIR, or
+    --config FILE's state_dir), with that config; UsageError if neither, both, or no folder."""
+    if (args.state_dir is None) == (args.config is None):
+        raise UsageError(
+            f"{command} needs --state-dir DIR or --config FILE (its [daemon] state_dir)"
+        )
+    cfg = None if args.config is None else load(args.config)
+    folder = Path(args.state_dir) if cfg is None else state_dir(cfg)
+    if folder is None:
+        raise UsageError(f"{args.config} sets no [daemon] state_dir: give --state-dir")
+    if not folder.is_dir():
+        raise UsageError(f"--state-dir {folder}: no such folder (the daemon's state_dir)")
+    return folder, cfg
