@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up what the test suite needs on a fresh Debian/Ubuntu machine, then runs it:
 # system packages (apt when root, else a message), .venv with the package and its
-# training and dev extras, ruff, mypy --strict, lint-imports (the import layers), pytest.
+# training and dev extras, ruff, mypy --strict, lint-imports (the import layers), pytest
+# on two workers (pytest-xdist).
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,4 +39,5 @@ fi
 "$VENV/bin/mypy"
 "$VENV/bin/lint-imports" --no-cache
 export TF_CPP_MIN_LOG_LEVEL=3
-"$VENV/bin/python" -m pytest "$@"
+# two workers (-n 0 after it runs everything in one process)
+"$VENV/bin/python" -m pytest -n 2 "$@"
