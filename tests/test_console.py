@@ -25,7 +25,7 @@ from amulet_stream.synth.motor import generate
 from amulet_stream.synth.spec import Fault
 
 from .servers import wait_until
-from .test_daemon import Daemon, stream
+from .test_daemon import BIN, Daemon, stream
 
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 XSS = '<img src=x onerror="window.__xss=1">'
@@ -296,3 +296,18 @@ def test_without_a_state_directory_the_page_lists_this_run_s_events(
         assert call(f"{base}/api/nosuch")[0] == 404
     finally:
         d.stop()
+
+
+def test_a_stream_id_cannot_carry_html(tmp_path: Path, faulty: Path) -> None:
+    """Stream ids reach the page (cards, events, file names of clips): the config refuses any
+    id that is not letters, digits, '-' and '_', so none can carry markup."""
+    cfg = tmp_path / "x.toml"
+    cfg.write_text(stream(XSS, faulty) + '[metrics]\nlisten = "127.0.0.1:0"\n')
+    proc = subprocess.run(
+        [BIN, "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2 and "stream" in proc.stderr and "id" in proc.stderr, proc.stderr
