@@ -216,7 +216,7 @@ def test_the_page_shows_an_alert_plays_its_clip_and_takes_feedback(
     finally:
         d.stop()
     history = subprocess.run(
-        [d.proc.args[0], "events", "--state-dir", str(tmp_path / "state"), "--label", "normal"],
+        [BIN, "events", "--state-dir", str(tmp_path / "state"), "--label", "normal"],
         capture_output=True,
         text=True,
         timeout=60,
