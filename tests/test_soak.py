@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from scipy import stats
 
 from .servers import have
 
@@ -21,15 +22,15 @@ HOURS, BASELINE = 1.75, 1.0
 hour VmRSS rises in a few one-off steps of 0.5-1 MB (at about 0.1, 0.45 and 0.77 h in every
 run; tracemalloc sees no Python allocation grow: bench/soak.py --trace), then stays flat."""
 RSS_TOLERANCE_MB = 0.5
-"""Allowed VmRSS growth over the last 0.75 simulated hours, steady level to steady level (the
-least of three samples at each end; 0.00-0.03 MB in runs here). A table that keeps ~100 bytes
+"""Allowed VmRSS growth over the last 0.75 simulated hours, as the robust trend of its samples
+(0.00-0.03 MB in runs here). A table that keeps ~100 bytes
 per score message (21 000 of them in that time) grows by 2 MB; the per-window timing lists
 without metrics (about 5 MB a day) are too slow for this: the 24-hour soak is what measures
 them."""
 RSS_PEAK_MB = 2.0
 """Allowed transient rise above the baseline sample. On a loaded CI machine one of the
 first hour's one-off steps once came after hour 1: +0.92 MB, back to -0.43 MB at the end.
-A rise that falls back is the allocator, not a leak; the steady-level check catches leaks."""
+A one-off rise is the allocator, not a leak; the trend check catches leaks."""
 
 
 def test_two_streams_with_everything_on_keep_memory_fds_and_threads_flat(
@@ -63,7 +64,11 @@ def test_two_streams_with_everything_on_keep_memory_fds_and_threads_flat(
     assert doc["daemon_exit"] == 0
     assert doc["simulated_hours"] >= HOURS and len(after) >= 8
     rss = [s["rss_mb"] for s in after]
-    assert min(rss[-3:]) - min(rss[:3]) <= RSS_TOLERANCE_MB, rss
+    hours = [s["hour"] for s in after]
+    # growth as a robust trend (Theil-Sen: the median of the pairwise slopes), so a one-off
+    # allocator step just after the baseline (+0.91 MB, then flat, once in CI) is not a leak
+    trend = float(stats.theilslopes(rss, hours)[0]) * (hours[-1] - hours[0])
+    assert trend <= RSS_TOLERANCE_MB, (trend, rss)
     assert doc["rss_max_after_baseline_mb"] - rss[0] <= RSS_PEAK_MB, rss
     # a sample may catch a scrape's thread and socket, a looping file being reopened or a clip
     # being written: compare the steady counts (the least of three samples) at both ends
