@@ -8,8 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
+
+import onnx
 
 from amulet_stream.audio.sources import FileSource
 from amulet_stream.audio.wav import WavError, read_info
@@ -22,6 +25,7 @@ from amulet_stream.scoring.pipeline import StreamPipeline, replay
 from amulet_stream.service import learned as learned_store
 from amulet_stream.text import STREAM_ID, shown
 
+from .adapt_refit import metadata, refit, retrain
 from .errors import EXIT_FAIL, EXIT_OK, InputError
 from .outdir import save_atomic
 from .verify import verify
@@ -43,9 +47,7 @@ def heard(model: Model, wav: Path) -> Learned:
         return site.learned
     if site.learning is None:
         raise InputError(f"{wav}: too short to learn from ({src.info.duration:.2f} s)")
-    p = model.profile
-    hop_seconds = site.evidence.hop * p.step / p.rate
-    return site.learning.decide(settings, hop_seconds, site.model_band)
+    return site.decision()
 
 
 def normal_files(args: argparse.Namespace) -> tuple[list[Path], str]:
@@ -73,6 +75,8 @@ def adapt_command(args: argparse.Namespace) -> int:
     except ModelError as err:
         raise InputError(str(err)) from err
     files, where = normal_files(args)
+    if args.input_dir is not None and not args.input_dir.is_dir():
+        raise InputError(f"--input-dir {args.input_dir}: no such folder")
     learned = None
     if args.feedback is not None:
         learned = learned_store.load(args.feedback, args.stream, model.sha256)
@@ -80,11 +84,27 @@ def adapt_command(args: argparse.Namespace) -> int:
         raise InputError(f"nothing to fold in: {where}, and no learned values of this model")
     if args.output.resolve() == args.model.resolve():
         raise InputError("-o must name a new file: the model in use stays as it is")
-    found = [heard(model, f) for f in files] + ([learned] if learned else [])
-    threshold = max(x.threshold for x in found)
-    bands = [x.level for x in found if x.level is not None]
-    doc = _metadata(args.model)
-    changes = [f"threshold {model.threshold:.6g} -> {threshold:.6g}"]
+    proto = onnx.load(str(args.model))
+    doc = metadata(proto)
+    changes: list[str] = []
+    if args.input_dir is not None:
+        proto, doc, changes = retrain(doc, args.input_dir, files)
+    elif (done := refit(proto, doc, files)) is not None:
+        proto, changes = done
+    with tempfile.TemporaryDirectory(prefix="amulet-adapt-") as tmp:
+        judge = model
+        if changes:  # a new graph: the recordings are heard by it
+            _store(proto, doc)
+            save_atomic(proto, Path(tmp) / "graph.onnx")
+            judge = Model(Path(tmp) / "graph.onnx")
+        found = [heard(judge, f) for f in files]
+    if learned is not None and not changes:
+        found.append(learned)
+    elif learned is not None:
+        changes.append("the stream's learned threshold belongs to the old graph: not carried over")
+    threshold = max([float(doc["threshold"]), *(x.threshold for x in found)])
+    changes.append(f"threshold {model.threshold:.6g} -> {threshold:.6g}")
+    bands = [x.level for x in [*found, learned] if x is not None and x.level is not None]
     if bands and isinstance(doc.get("level"), dict):
         old = doc["level"]
         low = min([old["low_db"], *(b.low_db for b in bands)])
@@ -101,10 +121,7 @@ def adapt_command(args: argparse.Namespace) -> int:
         "threshold_before": model.threshold,
         "changes": changes,
     }
-    proto = _onnx().load(str(args.model))
-    for entry in proto.metadata_props:
-        if entry.key == META_KEY:
-            entry.value = json.dumps(doc, sort_keys=True)
+    _store(proto, doc)
     save_atomic(proto, args.output)
     ok, line = verify(args.output)
     if not ok:
@@ -118,21 +135,10 @@ def adapt_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _onnx() -> Any:
-    """The onnx package (the train extra): a missing extra is named, not a traceback."""
-    from .tfimport import train_extra
-
-    with train_extra("adapt"):
-        import onnx
-    return onnx
-
-
-def _metadata(path: Path) -> dict[str, Any]:
-    """The model file's metadata document."""
-    proto = _onnx().load(str(path), load_external_data=False)
-    for entry in proto.metadata_props:
-        if entry.key == META_KEY:
-            doc = json.loads(entry.value)
-            if isinstance(doc, dict):
-                return doc
-    raise InputError(f"{path}: no amulet metadata")
+def _store(proto: onnx.ModelProto, doc: dict[str, Any]) -> None:
+    """doc as the model's metadata document."""
+    kept = [e for e in proto.metadata_props if e.key != META_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(doc, sort_keys=True)

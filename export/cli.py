@@ -131,12 +131,18 @@ def _parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser(
         "adapt",
-        help="fold recordings marked normal (feedback) into a model: threshold and level range",
+        help="fold recordings marked normal (feedback) into a model: refit or retrain, recalibrate",
     )
     a.add_argument("model", type=Path, help="the model in use (.onnx)")
     a.add_argument("--feedback", type=Path, metavar="STATE_DIR", help="the daemon's state_dir")
     a.add_argument("--stream", metavar="ID", help="with --feedback: the stream whose labels")
     a.add_argument("--normal", type=Path, nargs="+", metavar="FILE", help="or wav files")
+    a.add_argument(
+        "--input-dir",
+        type=Path,
+        metavar="DIR",
+        help="the model's training audio: train it again with the recordings marked normal",
+    )
     a.add_argument("-o", "--output", type=Path, required=True, help="the new model (.onnx)")
     a.add_argument("--silent", action="store_true", help="errors only on the terminal")
     v = sub.add_parser("verify", help="check a model file; exit 0 if complete and working")
@@ -194,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
             return EXIT_OK if ok else EXIT_FAIL
         if args.command == "adapt":
-            from .adapt import adapt_command
+            from .tfimport import train_extra
+
+            with train_extra("adapt"):
+                from .adapt import adapt_command
 
             return adapt_command(args)
         if args.command == "synth":

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +44,19 @@ class Dataset:
     files: list[dict[str, object]] = field(default_factory=list)
     fingerprint: str = ""
     seconds: float = 0.0
+
+    def head(self, files: int) -> Dataset:
+        """The first `files` files alone."""
+        n = int(self.counts[:files].sum())
+        return Dataset(
+            self.vectors[:n],
+            self.index[:n],
+            self.file_index[:n],
+            self.counts[:files],
+            self.files[:files],
+            self.fingerprint,
+            sum(cast(float, f["seconds"]) for f in self.files[:files]),
+        )
 
 
 def list_inputs(input_file: Path | None, input_dir: Path | None) -> list[Path]:

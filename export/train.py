@@ -125,12 +125,15 @@ def _train_into(
             data.seconds,
             dataset.RECOMMENDED_SECONDS,
         )
-    train_idx, held_idx = split(data, profile)
+    own = data.head(len(cfg.inputs) - cfg.extra)  # held out and calibrated on
+    train_idx, held_idx = split(own, profile)
+    train_idx = np.concatenate([train_idx, np.arange(own.vectors.shape[0], n)])
     _LOGGER.info(
-        "%d vectors train the model; the last %d %% of each file (%d vectors) is held out to "
-        "watch for overfitting and to set the threshold",
+        "%d vectors train the model; the last %d %% of each file%s (%d vectors) is held out "
+        "to watch for overfitting and to set the threshold",
         train_idx.size,
         round(100 * HOLD_OUT),
+        f" but the {cfg.extra} folded in" if cfg.extra else "",
         held_idx.size,
     )
     x_train, x_held = augment(profile, data.vectors[train_idx]), data.vectors[held_idx]
@@ -164,9 +167,9 @@ def _train_into(
         }
     held_windows = window_scores(vec_scores, data, held_idx, profile.vectors)
     train_windows = window_scores(vec_scores, data, train_idx, profile.vectors)
-    fold = folds(data, profile)
+    fold = np.concatenate([folds(own, profile), np.full(n - own.vectors.shape[0], -1)])
     method = cfg.threshold_method or ("max" if profile.name == "amulet-v1" else "recordings")
-    if method == "recordings" and np.unique(fold).size < 2:
+    if method == "recordings" and np.unique(fold[fold >= 0]).size < 2:
         _LOGGER.warning(
             "%.1f s of audio in one file is too short to hold out stretches of it: the threshold "
             "comes from held-out windows (gamma) instead",
@@ -175,7 +178,8 @@ def _train_into(
         method = "gamma"
     if method == "recordings":
         oof = out_of_fold(cfg, arch, profile, data, fold)
-        held = calibrate.recordings(data, fold, profile.vectors, oof)
+        mine = slice(0, own.vectors.shape[0])
+        held = calibrate.recordings(own, fold[mine], profile.vectors, oof[mine])
         hop_seconds = profile.hop_vectors * profile.step / profile.rate
         levels = [
             calibrate.alert_level(h.scores, profile.hop_vectors, hop_seconds, DetectorSettings())

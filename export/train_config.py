@@ -23,3 +23,6 @@ class TrainConfig:
     seed: int = 10
     architecture: str | None = None
     """None: the profile's default (DEFAULT_ARCHITECTURE)."""
+    extra: int = 0
+    """The last `extra` inputs are only trained on, never held out nor calibrated on (the
+    recordings `adapt` folds in: each alone would look unlike the rest)."""

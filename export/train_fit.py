@@ -138,12 +138,13 @@ def out_of_fold(
     cfg: TrainConfig, arch: str, profile: Profile, data: dataset.Dataset, fold: I64
 ) -> F32:
     """Vector scores (N,), each from a model fitted without its fold (`fold`: one number per
-    vector) nor any vector sharing a sample with it (the gap around a stretch of one file)."""
+    vector, -1 for vectors always fitted on, scored NaN) nor any vector sharing a sample with
+    it (the gap around a stretch of one file)."""
     n = data.vectors.shape[0]
     gap = gap_vectors(profile)
-    out = np.empty(n, np.float32)
+    out = np.full(n, np.nan, np.float32)
     pos = data.index
-    for k in np.unique(fold).tolist():
+    for k in np.unique(fold[fold >= 0]).tolist():
         mine = fold == k
         files = np.unique(data.file_index[mine])
         lo, hi = int(pos[mine].min()), int(pos[mine].max()) + 1

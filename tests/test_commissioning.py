@@ -98,6 +98,27 @@ def test_a_restarted_daemon_keeps_what_it_learned(rumble: dict[str, Path], tmp_p
     states = [r for r in again.records if r["event"] != "score"]
     assert states and all(r["event"] != "learning" for r in states), states
     assert states[0]["learned"]["threshold"] == saved["threshold"]
+    # what it learned folded into a new model file: the daemon takes it without learning again
+    adapted = tmp_path / "adapted.onnx"
+    proc = subprocess.run(
+        [
+            *(BIN.parent / "amulet-export", "adapt", default_model_path()),
+            *("--feedback", state, "--stream", "m1", "-o", adapted),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0 and "stream's learned values" in proc.stderr, proc.stderr
+    cfg.write_text(cfg.read_text().replace('kind = "file"', f'kind = "file"\nmodel = "{adapted}"'))
+    third = Daemon(cfg)
+    assert third.proc.wait(60) == 0, third.stderr.decode()
+    third.stop()
+    states = [r for r in third.records if r["event"] != "score"]
+    assert states and all(r["event"] != "learning" for r in states), states
+    assert states[0]["learned"]["threshold"] == pytest.approx(saved["threshold"])
+    assert states[0]["learned"]["seconds"] == saved["seconds"]
 
 
 def test_learned_values_of_another_model_or_malformed_are_refused() -> None:

@@ -229,6 +229,10 @@ def test_the_api_refuses_what_it_must(faulty: Path, tmp_path: Path) -> None:
     d, base = start(tmp_path / "on", faulty, "[ui]\nfeedback = true\n")
     try:
         alert = alert_with_clip(base)
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+            exposed = r.read().decode()
+        for problem in ("slow", "error"):  # the history's problems, counted from zero
+            assert f'amulet_history_problems_total{{problem="{problem}"}} 0.0' in exposed
         url = f"{base}/api/events/{alert['event_id']}/feedback"
         for headers, status, words in (
             ({"Origin": "http://evil.example"}, 403, "cross-site request"),

@@ -9,6 +9,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -74,10 +75,13 @@ def test_kept_filtered_labelled_and_newest_first(tmp_path: Path) -> None:
 def test_bounded_by_age_and_by_size(tmp_path: Path) -> None:
     h = History(tmp_path / "age.sqlite3", HistorySettings(keep_days=1))
     now = time.time()
-    h.add(event(when=now - 2 * DAY))
+    oldest = event(when=now - 2 * DAY)
+    h.add(oldest)
+    assert h.label(oldest["event_id"], "normal")
     h.add(event(when=now - 0.5 * DAY))
     h.add(event(when=now))
     assert len(h.events()) == 2  # the one from two days ago went when the newest came
+    assert h.label_counts() == {}  # and its label with it
     small = History(tmp_path / "size.sqlite3", HistorySettings(max_mb=0.2))
     padding = "x" * 2000
     for i in range(400):  # about 0.9 MB of records
@@ -142,6 +146,21 @@ def test_every_printed_event_survives_a_sigkill_and_events_prints_it(
     assert proc.returncode == 0 and len(proc.stdout.splitlines()) == len(printed)
     proc = events_cli("--state-dir", str(state), "--since", "2000-01-01", "--label", "fault")
     assert (proc.returncode, proc.stdout) == (0, "")
+
+
+def test_a_slow_or_failed_commit_is_counted_and_the_next_one_kept(tmp_path: Path) -> None:
+    history = History(tmp_path / FILE, HistorySettings())
+    other = sqlite3.connect(tmp_path / FILE, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN EXCLUSIVE")  # another writer holds the file for 1 s
+    release = threading.Timer(1.0, other.rollback)
+    release.start()
+    assert history.add(event()) and history.slow_commits == 1 and history.errors == 0
+    release.join()
+    other.execute("BEGIN EXCLUSIVE")  # and then for longer than the history waits (5 s)
+    assert not history.add(event()) and history.errors == 1
+    other.rollback()
+    assert history.add(event()) and len(history.events()) == 2
+    history.close()
 
 
 def test_an_unusable_history_does_not_stop_monitoring(cycles: Path, tmp_path: Path) -> None:

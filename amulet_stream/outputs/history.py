@@ -125,19 +125,23 @@ class History:
 
     def _prune(self, now: float) -> None:
         """Delete what is too old, then the oldest beyond the size limit."""
-        self._db.execute(
+        old = self._db.execute(
             "DELETE FROM events WHERE unix < ?", (now - 86400 * self.settings.keep_days,)
         )
+        if old.rowcount > 0:
+            self._orphans()
         limit = self.settings.max_mb * 1e6
         while self._bytes() > limit and self._count() > 1:
             self._db.execute(
                 "DELETE FROM events WHERE event_id IN (SELECT event_id FROM events "
                 "ORDER BY unix LIMIT max(1, (SELECT count(*) / 10 FROM events)))"
             )
-            self._db.execute(
-                "DELETE FROM labels WHERE event_id NOT IN (SELECT event_id FROM events)"
-            )
+            self._orphans()
             self._db.execute("PRAGMA incremental_vacuum")
+
+    def _orphans(self) -> None:
+        """Delete the labels of events no longer kept."""
+        self._db.execute("DELETE FROM labels WHERE event_id NOT IN (SELECT event_id FROM events)")
 
     def _bytes(self) -> int:
         pages = self._db.execute("PRAGMA page_count").fetchone()[0]

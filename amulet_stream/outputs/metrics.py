@@ -186,6 +186,13 @@ class Metrics:
             ["problem"],
             registry=None,
         )
+        self.history_problems = Counter(
+            "amulet_history_problems",
+            "Event history problems: 'slow' (keeping an event took over 0.5 s; the ring buffer "
+            "absorbed it), 'error' (an event could not be kept, e.g. disk full).",
+            ["problem"],
+            registry=None,
+        )
         self.model = Info("amulet_model", "The model in use.", s, registry=registry)
         self.build = Info("amulet_build", "amulet-stream build.", registry=registry)
         self.build.info({"version": __version__})
@@ -257,6 +264,12 @@ class Metrics:
                 self.input_problems.labels(stream, rec["reason"]).inc()
             elif event == "down":
                 self.source_up.labels(stream).set(0)
+
+    def history_started(self) -> None:
+        """The event history is kept: register amulet_history_problems (each at zero)."""
+        self._registry.register(self.history_problems)
+        for problem in ("slow", "error"):
+            self.history_problems.labels(problem)
 
     def mqtt_started(self) -> None:
         """MQTT is configured: register the amulet_mqtt_* metrics (every kind at zero)."""

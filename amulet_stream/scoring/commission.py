@@ -166,6 +166,16 @@ def describe(learned: Learned, model_threshold: float, model_level: LevelBand | 
     return text
 
 
+def folded(model: Model, band: LevelBand | None) -> Learned | None:
+    """The learned values `amulet-export adapt` folded into the model file (as its threshold
+    and level range), so a stream takes it without learning again; None if there are none."""
+    adapted = model.meta.raw.get("adapted")
+    seconds = adapted.get("learned_seconds") if isinstance(adapted, dict) else None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        return None
+    return Learned(model.sha256, model.threshold, band, float(seconds))
+
+
 class Site:
     """A stream's commissioning: the threshold and level range it uses (the model's, or what
     it learned on site), and, while it learns, the windows heard. Not thread-safe."""
@@ -185,6 +195,7 @@ class Site:
         self.just_learned: Learned | None = None
         """Learned values of a commissioning that just ended, until the caller takes them."""
         self._from = 0.0
+        learned = learned or folded(model, evidence.band)
         if learned is not None:
             self.apply(learned)
         elif detector.settings.learn_seconds > 0:
@@ -212,6 +223,13 @@ class Site:
         """A state record's 'learned' field (nothing without learned values)."""
         return {} if self.learned is None else {"learned": self.learned.to_dict()}
 
+    def decision(self) -> Learned:
+        """What the windows heard so far while learning would set."""
+        assert self.learning is not None
+        p = self.model.profile
+        hop_seconds = self.evidence.hop * p.step / p.rate
+        return self.learning.decide(self.detector.settings, hop_seconds, self.model_band)
+
     def hear(self, spectral: float, level: float, span: tuple[float, float]) -> bool:
         """One window (start, end s) heard while learning; False before the learning starts.
         When learn_seconds are heard the learned values take effect (just_learned holds them)
@@ -222,9 +240,7 @@ class Site:
         self.learning.add(spectral, level if self.model_band is not None else None)
         if span[1] - self._from < self.learning.seconds:
             return True
-        p = self.model.profile
-        hop_seconds = self.evidence.hop * p.step / p.rate
-        learned = self.learning.decide(self.detector.settings, hop_seconds, self.model_band)
+        learned = self.decision()
         self.learning = None
         self.apply(learned)
         self.just_learned = learned

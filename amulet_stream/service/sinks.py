@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from amulet_stream.http.console import Console
 from amulet_stream.http.server import App, ListenError, ListenerSecurity, parse_address, serve
@@ -60,13 +60,14 @@ class Sinks:
         self._tls: ssl.SSLContext | None = None
         self._clipped: dict[str, int] = {}
         self._overflows: dict[str, int] = {}
-        self._mqtt_dropped: dict[str, int] = {}
-        self._mqtt_failures = 0
-        self._outbox_errors = {"write": 0, "corrupt": 0}
+        self._seen: dict[str, dict[str, int]] = {}
+        """What each problem counter of another component counted at the last tick."""
         if cfg.metrics.listen is not None:
             listen = cfg.metrics.listen
             self.registry = CollectorRegistry()
             self.metrics = Metrics(self.registry)
+            if self.history is not None:
+                self.metrics.history_started()
             m = cfg.metrics
             host, port = parse_address(listen)
             security = ListenerSecurity(
@@ -248,23 +249,27 @@ class Sinks:
             m.lag.labels(stream).observe(lag)
         stats.inference.clear()
         stats.lags.clear()
-        self._mqtt_metrics(m)
+        self._problem_metrics(m)
 
-    def _mqtt_metrics(self, m: Metrics) -> None:
+    def _problem_metrics(self, m: Metrics) -> None:
+        if self.history is not None:
+            now = {"slow": self.history.slow_commits, "error": self.history.errors}
+            self._bump(m.history_problems, "history", now)
         if self.mqtt is not None:
             m.mqtt_connected.set(int(self.mqtt.connected))
             m.mqtt_queued.set(self.mqtt.queued())
-            for kind, n in list(self.mqtt.dropped_by_kind.items()):
-                m.mqtt_dropped.labels(kind).inc(n - self._mqtt_dropped.get(kind, 0))
-                self._mqtt_dropped[kind] = n
-            failures = self.mqtt.connect_failures
-            m.mqtt_connect_failures.inc(failures - self._mqtt_failures)
-            self._mqtt_failures = failures
+            self._bump(m.mqtt_dropped, "dropped", dict(self.mqtt.dropped_by_kind))
+            self._bump(m.mqtt_connect_failures, "failures", {"": self.mqtt.connect_failures})
             box = self.mqtt.outbox
             now = {"write": box.write_errors, "corrupt": box.corrupt}
-            for problem, n in now.items():
-                m.mqtt_outbox_errors.labels(problem).inc(n - self._outbox_errors[problem])
-                self._outbox_errors[problem] = n
+            self._bump(m.mqtt_outbox_errors, "outbox", now)
+
+    def _bump(self, counter: Counter, key: str, now: dict[str, int]) -> None:
+        """Increase `counter` (by label; "" for none) by what `now` counts beyond the last tick."""
+        seen = self._seen.setdefault(key, {})
+        for label, n in now.items():
+            (counter.labels(label) if label else counter).inc(n - seen.get(label, 0))
+            seen[label] = n
 
     def stream_stopped(self, stream: str) -> None:
         """The source ended."""
