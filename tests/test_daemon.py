@@ -183,17 +183,28 @@ def test_a_four_channel_source_feeds_four_streams_and_input_problems_are_not_ano
 
 
 def test_streams_sharing_a_model_are_scored_as_if_alone() -> None:
-    # the daemon scores several streams in one onnxruntime call (BATCH-aligned rows per
-    # stream); a row's score must not depend on the rows beside it
+    # the daemon scores several streams in one onnxruntime call (unpadded where the model
+    # found rows independent at load, else BATCH-aligned rows per stream); a row's score must
+    # not depend on the rows beside it, and both ways give the same bits
     model = Model(default_model_path())
     rng = np.random.default_rng(3)
     parts = [
         (rng.normal(size=(n, model.profile.dim)).astype(np.float32) * 5, first)
-        for n, first in ((3, 0), (40, 7), (1, 31), (BATCH, 64), *[(500, 5)] * 3)
-    ]  # the last three go beyond MAX_ROWS: several onnxruntime calls
-    together = model.score_many(parts)
-    for (vectors, first), scores in zip(parts, together, strict=True):
-        assert np.array_equal(scores, model.score_vectors(vectors, first))
+        for n, first in ((3, 0), (40, 7), (1, 31), (BATCH, 64), *[(500, 5)] * 3, (1500, 2))
+    ]  # the last ones go beyond MAX_ROWS: several onnxruntime calls
+    modes = [True] if model.padded else [False, True]
+    results = []
+    for padded in modes:
+        model.padded = padded
+        together = model.score_many(parts)
+        for (vectors, first), scores in zip(parts, together, strict=True):
+            assert np.array_equal(scores, model.score_vectors(vectors, first))
+            last = len(vectors) - 1
+            alone = [model.score_vectors(vectors[k : k + 1], first + k) for k in (0, last)]
+            assert np.array_equal(np.concatenate(alone), scores[[0, last]])
+        results.append(together)
+    for a, b in zip(results[0], results[-1], strict=True):
+        assert np.array_equal(a, b)
 
 
 def test_sighup_with_a_broken_model_keeps_the_old_one_scoring(

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from amulet_stream.audio.wav_write import write_wav
-from amulet_stream.outputs.history import FILE, History, HistoryError, HistorySettings
+from amulet_stream.outputs.history import FILE, History, HistoryError
+from amulet_stream.outputs.history_settings import HistorySettings
 from amulet_stream.scoring.records import utc_iso
 from amulet_stream.synth.motor import generate
 from amulet_stream.synth.spec import Fault

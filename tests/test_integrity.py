@@ -262,6 +262,29 @@ def test_block_size_independence(motor: F32, trained: tuple[float, float]) -> No
         assert [check.troubled(*s) for s in spans] == [whole.troubled(*s) for s in spans]
 
 
+def test_one_short_burst_or_dropout_marks_its_windows(
+    motor: F32, trained: tuple[float, float]
+) -> None:
+    """A single clipped 1 ms burst and a single 20 ms dropout (too short to raise a problem)
+    mark the windows that hold them, however the audio arrives; the windows beside stay clean."""
+    x = motor[: 8 * SEC].copy()
+    burst, gap = int(2.3 * SEC), int(5.6 * SEC)
+    x[burst : burst + SEC // 1000] = 1.0
+    x[gap : gap + SEC // 50] = 0.0
+    rng = np.random.default_rng(3)
+    for sizes in ([x.size], [1000] * (x.size // 1000), rng.integers(1, 7000, 40).tolist()):
+        check, at = IntegrityCheck(RATE, trained), 0
+        changes: list[tuple[int, Change]] = []
+        for size in sizes:
+            changes += check.push(x[at : at + size])
+            at += size
+        changes += check.push(x[at:])
+        assert changes == []
+        assert check.troubled(2 * SEC, 3 * SEC) and check.troubled(5 * SEC, 6 * SEC)
+        assert not check.troubled(0, SEC) and not check.troubled(3 * SEC + SEC // 2, 5 * SEC)
+        assert not check.troubled(7 * SEC, 8 * SEC)
+
+
 def test_level_range_from_metadata() -> None:
     assert level_range({"threshold": 0.3}) is None
     doc = {"p1": -22.5, "p50": -22.1, "p99": -21.3, "min": -22.6, "max": -21.1}

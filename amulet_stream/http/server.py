@@ -34,8 +34,6 @@ from amulet_stream.scoring.model import Model
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_PORT = 8491
-"""Outside 9100-9999, the range the Prometheus default-port list gives to exporters."""
 HEALTH_SECONDS = 10.0
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 __all__ = ["App", "BasicAuth", "ListenError", "ListenerSecurity", "parse_address", "serve"]

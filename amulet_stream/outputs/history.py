@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from amulet_stream.outputs.history_settings import HistorySettings
 
 _LOGGER = logging.getLogger(__name__)
 FILE = "events.sqlite3"
@@ -40,24 +40,6 @@ LATEST_LABEL = (
 
 class HistoryError(Exception):
     """The history file cannot be opened or is not an event history; names the file."""
-
-
-@dataclass(frozen=True)
-class HistorySettings:
-    """How much history is kept (config [history])."""
-
-    keep_days: float = 90.0
-    """Events older than this many days are deleted."""
-    max_mb: float = 100.0
-    """And the oldest events beyond this file size, MB (1 MB = 1,000,000 bytes)."""
-
-    def __post_init__(self) -> None:
-        for name, low, high in (("keep_days", 0.01, 36500.0), ("max_mb", 0.1, 1e6)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            if not (math.isfinite(value) and low <= value <= high):
-                raise ValueError(f"{name} must be within {low:g}..{high:g}, got {value:g}")
 
 
 def unix_time(iso: str) -> float:

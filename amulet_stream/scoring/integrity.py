@@ -153,6 +153,15 @@ class IntegrityCheck:
         if not zero.any():
             self._zero_run = 0
             return np.zeros(nb, bool), np.zeros(nb, np.int64)
+        # runs of zeros from their edges: isolated zeros (quantisation) are the usual case
+        edges = np.flatnonzero(np.diff(np.concatenate(([False], zero, [False])).view(np.int8)))
+        starts, ends = edges[::2], edges[1::2]
+        lengths = ends - starts
+        if starts[0] == 0:
+            lengths[0] += self._zero_run
+        if lengths.max() < self._dropout:  # no run reaches dropout length in these blocks
+            self._zero_run = int(lengths[-1]) if ends[-1] == flat.size else 0
+            return np.zeros(nb, bool), np.zeros(nb, np.int64)
         idx = np.arange(flat.size, dtype=np.int64)
         last_nonzero = np.maximum.accumulate(np.where(zero, -1, idx))
         run = np.where(zero, idx - last_nonzero, 0)

@@ -30,7 +30,8 @@ RESIDUAL_NAME = "residual"
 """Optional second output (M, D): each feature's deviation from what the model expected, in
 the feature's units (dB for log-mel): what an alert's bands are read from."""
 BATCH = 32
-"""Vectors per onnxruntime call: always exactly this many rows (zero-padded)."""
+"""Rows of a padded onnxruntime call, where this machine's onnxruntime gives a row a score
+that depends on the rows beside it (Model.padded): always exactly this many (zero-padded)."""
 MAX_ROWS = 1024
 """Rows of one score_many call at most: onnxruntime's arena grows to its largest call (a call
 for 256 streams at once left the process 72 MB larger, in calls of 16 streams 6.7 MB)."""
@@ -132,6 +133,9 @@ class Model:
                 f"{self.meta.profile.name} gives {self.meta.profile.dim}"
             )
         self._probe()
+        self.padded = not self._rows_independent()
+        """Score in zero-padded BATCH-row calls (scores must not depend on how vectors
+        arrive); False where every row's score was found independent of the rows beside it."""
 
     def _probe(self) -> None:
         """Score zero batches of BATCH and 2 x BATCH rows: one finite score per row, or
@@ -155,6 +159,36 @@ class Model:
                     f"vectors, not {rows} finite scores"
                 )
 
+    def _rows_independent(self) -> bool:
+        """Whether onnxruntime scores each row bit-identically whatever the call's size and the
+        row's place in it, tried here on this machine: 2 x BATCH + 1 rows (the model's parity
+        sample, then random) at once, each alone, and every prefix up to BATCH + 1 rows."""
+        dim = self.profile.dim
+        rows = np.random.default_rng(0).standard_normal((2 * BATCH + 1, dim)).astype(np.float32)
+        parity = self.meta.raw.get("parity")
+        try:
+            sample = np.asarray(parity.get("inputs", []) if isinstance(parity, dict) else [])
+            if sample.ndim == 2 and sample.shape[1] == dim:
+                rows[: min(len(sample), len(rows))] = sample[: len(rows)]
+        except (TypeError, ValueError):  # a malformed sample: random rows only
+            pass
+        try:
+            whole = self._run(rows)
+            same = all(
+                np.array_equal(self._run(rows[k : k + 1]), whole[k : k + 1])
+                for k in range(len(rows))
+            ) and all(np.array_equal(self._run(rows[:m]), whole[:m]) for m in range(2, BATCH + 2))
+        except Exception:  # onnxruntime's own errors: scoring itself will report them
+            same = False
+        if not same:
+            _LOGGER.info("%s: a row's score depends on its batch here: padded calls", self.path)
+        return same
+
+    def _run(self, rows: F32) -> F32:
+        """Scores (M,) of rows (M, D) in one onnxruntime call."""
+        res = self._session.run([OUTPUT_NAME], {INPUT_NAME: rows})[0]
+        return np.asarray(res, dtype=np.float32).reshape(-1)
+
     @property
     def profile(self) -> Profile:
         """The feature profile the model was trained on."""
@@ -168,9 +202,15 @@ class Model:
     def score_vectors(self, vectors: F32, first: int = 0) -> F32:
         """Mean absolute reconstruction error of each raw feature vector, (M, D) -> (M,).
 
-        Vector k has index first + k in its stream and is scored at row (first + k) % BATCH of
-        a zero-padded batch of exactly BATCH rows, so its score does not depend on which
-        vectors arrived with it (live, replay and stdin give bit-identical scores)."""
+        A vector's score does not depend on which vectors arrived with it (live, replay and
+        stdin give bit-identical scores): rows are independent (checked at load), or vector k,
+        index first + k in its stream, is scored at row (first + k) % BATCH of a zero-padded
+        batch of exactly BATCH rows."""
+        if not self.padded:
+            return np.concatenate(
+                [self._run(vectors[i : i + MAX_ROWS]) for i in range(0, len(vectors), MAX_ROWS)]
+                or [np.empty(0, np.float32)]
+            )
         m, b = vectors.shape[0], BATCH
         pos = first % b
         padded = np.zeros((-(-(pos + m) // b) * b, vectors.shape[1]), dtype=np.float32)
@@ -185,11 +225,13 @@ class Model:
         """Several streams' vectors in one onnxruntime call: part k is (vectors (m_k, D), index
         of its first vector in its stream); returns each part's scores (m_k,).
 
-        Each part sits in its own zero-padded BATCH-aligned rows at the same row positions as
-        in score_vectors (onnxruntime gives a row the same result in a batch of 32 x k rows as
-        in one of 32 for our models: checked by tests/test_daemon.py)."""
+        Padded, each part sits in its own zero-padded BATCH-aligned rows at the same row
+        positions as in score_vectors (onnxruntime gives a row the same result in a batch of
+        32 x k rows as in one of 32 for our models: checked by tests/test_daemon.py)."""
         if len(parts) == 1:
             return [self.score_vectors(*parts[0])]
+        if not self.padded:
+            return self._score_stacked([vectors for vectors, _ in parts])
         total = 0
         for k, (vectors, first) in enumerate(parts):
             total += -(-(first % BATCH + vectors.shape[0]) // BATCH) * BATCH
@@ -210,6 +252,24 @@ class Model:
             scores.append(out[at + pos : at + pos + m].copy())
             at += n
         return scores
+
+    def _score_stacked(self, parts: list[F32]) -> list[F32]:
+        """Each part's scores, from calls of at most MAX_ROWS rows (a larger part alone)."""
+        out: list[F32] = []
+        k = 0
+        while k < len(parts):
+            j, rows = k + 1, len(parts[k])
+            while j < len(parts) and rows + len(parts[j]) <= MAX_ROWS:
+                rows += len(parts[j])
+                j += 1
+            if j == k + 1:
+                out.append(self.score_vectors(parts[k]))
+            else:
+                scores = self._run(np.concatenate(parts[k:j]))
+                cuts = np.cumsum([len(p) for p in parts[k : j - 1]])
+                out += [s.copy() for s in np.split(scores, cuts)]
+            k = j
+        return out
 
     @property
     def explains(self) -> bool:

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from amulet_stream.audio.settings import SourceConfig
-from amulet_stream.http.settings import MetricsConfig, UiConfig
 from amulet_stream.outputs.clip_store import ClipSettings
-from amulet_stream.outputs.history import HistorySettings
+from amulet_stream.outputs.history_settings import HistorySettings
 from amulet_stream.outputs.mqtt.settings import MqttSettings
 from amulet_stream.scoring.detector import RENAMED, DetectorSettings
 from amulet_stream.scoring.integrity import IntegritySettings
 from amulet_stream.scoring.model import ModelConfig
 from amulet_stream.service.config_keys import SOURCE, TYPES, ConfigError, read_text
+from amulet_stream.service.listener import MetricsConfig, UiConfig
 from amulet_stream.service.settings import DaemonConfig
 from amulet_stream.text import STREAM_ID, cut, shown
 

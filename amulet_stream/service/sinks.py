@@ -3,33 +3,26 @@
 from __future__ import annotations
 
 import logging
-import ssl
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter
-
-from amulet_stream.http.console import Console
-from amulet_stream.http.server import App, ListenError, ListenerSecurity, parse_address, serve
-from amulet_stream.http.settings import console_on
-from amulet_stream.http.submit import SubmitLimits
-from amulet_stream.outputs.board import Board, describe
-from amulet_stream.outputs.feedback import FOLDER as FEEDBACK_FOLDER
-from amulet_stream.outputs.feedback import Feedback
-from amulet_stream.outputs.history import FILE as HISTORY_FILE
-from amulet_stream.outputs.history import History, HistoryError
 from amulet_stream.outputs.jsonl import JsonLines
-from amulet_stream.outputs.metrics import Metrics
-from amulet_stream.outputs.mqtt.sink import MqttSink
 from amulet_stream.scoring.commission import Learned
 from amulet_stream.scoring.model import Model
 from amulet_stream.scoring.records import Record, StreamStats
 from amulet_stream.service.config import Config
 
+if TYPE_CHECKING:  # each is imported where it is used: a replay loads none of them
+    from prometheus_client import Counter
+
+    from amulet_stream.outputs.board import Board
+    from amulet_stream.outputs.feedback import Feedback
+    from amulet_stream.outputs.history import History
+    from amulet_stream.outputs.metrics import Metrics
+    from amulet_stream.outputs.mqtt.sink import MqttSink
+    from amulet_stream.service.listening import Listener
+
 _LOGGER = logging.getLogger(__name__)
-RELISTEN = 10.0
-"""Seconds between attempts to open a metrics listener that could not be opened at start."""
 
 
 class Sinks:
@@ -46,73 +39,31 @@ class Sinks:
         """`model` answers /submit; `state_dir` keeps what MQTT announced between starts."""
         self.out = out
         self.live = live
-        self.mqtt = MqttSink(cfg.mqtt, state_dir) if cfg.mqtt is not None else None
+        self.mqtt: MqttSink | None = None
+        if cfg.mqtt is not None:
+            from amulet_stream.outputs.mqtt.sink import MqttSink
+
+            self.mqtt = MqttSink(cfg.mqtt, state_dir)
         self.history = _history(cfg, state_dir) if live else None
-        self.marks = None
+        self.marks: Feedback | None = None
         if self.history is not None and state_dir is not None:
+            from amulet_stream.outputs.feedback import FOLDER, Feedback
+
             clip_folder = cfg.clips.folder if cfg.clips is not None else None
-            self.marks = Feedback(self.history, clip_folder, state_dir / FEEDBACK_FOLDER)
+            self.marks = Feedback(self.history, clip_folder, state_dir / FOLDER)
         self.board: Board | None = None
-        self.registry: CollectorRegistry | None = None
         self.metrics: Metrics | None = None
-        self._server: Any = None
-        self._relisten: tuple[App, str, int, float] | None = None
-        self._tls: ssl.SSLContext | None = None
         self._clipped: dict[str, int] = {}
         self._overflows: dict[str, int] = {}
         self._seen: dict[str, dict[str, int]] = {}
         """What each problem counter of another component counted at the last tick."""
+        self.listener: Listener | None = None
         if cfg.metrics.listen is not None:
+            from amulet_stream.service.listening import Listener
+
             listen = cfg.metrics.listen
-            self.registry = CollectorRegistry()
-            self.metrics = Metrics(self.registry)
-            if self.history is not None:
-                self.metrics.history_started()
-            m = cfg.metrics
-            host, port = parse_address(listen)
-            security = ListenerSecurity(
-                m.tls_cert, m.tls_key, m.basic_auth_user, m.basic_auth_password_file
-            )
-            self._tls = security.tls_context()  # a mistake here is fatal: ListenError
-            limits = SubmitLimits(
-                int(m.submit_limit_mb * 1024 * 1024),
-                m.submit_max_seconds,
-                m.submit_concurrency,
-                m.submit_upload_seconds,
-            )
-            console = None
-            if console_on(cfg.ui, m):
-                self.board = Board()
-                clips = cfg.clips.folder if cfg.clips is not None else None
-                console = Console(
-                    self.board, self.history, clips, cfg.ui.feedback, m.submit, self.marks
-                )
-            else:
-                _LOGGER.info(
-                    "http: the console is off on %s without basic auth ([ui] enabled = true "
-                    "serves it anyway)",
-                    listen,
-                )
-            app = App(
-                self.registry,
-                self.metrics,
-                model,
-                cfg.detector,
-                m.submit,
-                live=live,
-                limits=limits,
-                auth=security.basic_auth(),
-                console=console,
-            )
-            try:
-                self._server, _ = serve(app, host, port, tls=self._tls)
-            except ListenError as err:
-                if not live:
-                    raise
-                # a port still held by a process being replaced, an address not up yet at
-                # boot: monitoring matters more than metrics, so go on and try again
-                _LOGGER.error("%s; monitoring goes on, trying again every %.0f s", err, RELISTEN)
-                self._relisten = (app, host, port, time.monotonic() + RELISTEN)
+            self.listener = Listener(cfg, listen, model, live, self.history, self.marks)
+            self.metrics, self.board = self.listener.metrics, self.listener.board
         if self.mqtt is not None:
             if self.metrics is not None:
                 self.metrics.mqtt_started()
@@ -121,28 +72,19 @@ class Sinks:
     @property
     def listener_down(self) -> bool:
         """The metrics listener is configured but could not be opened (yet)."""
-        return self._relisten is not None
+        return self.listener is not None and self.listener.down
 
     def tick(self) -> None:
         """The loop's turn: labels that arrived over MQTT, the listener retried when due."""
         self.take_feedback()
-        self.relisten()
-
-    def relisten(self) -> None:
-        """Try again to open the metrics listener that failed at start, when due."""
-        if self._relisten is None or time.monotonic() < self._relisten[3]:
-            return
-        app, host, port, _ = self._relisten
-        try:
-            self._server, _ = serve(app, host, port, tls=self._tls)
-        except ListenError:
-            self._relisten = (app, host, port, time.monotonic() + RELISTEN)
-            return
-        self._relisten = None  # serve() logs the listener
+        if self.listener is not None:
+            self.listener.relisten()
 
     def stream_started(self, stream: str, model: Model, threshold: float) -> None:
         """A stream begins: retained state, discovery, labelled metrics, the console's card."""
         if self.board is not None:
+            from amulet_stream.outputs.board import describe
+
             self.board.stream_started(stream, describe(model), threshold)
         if self.mqtt is not None:
             self.mqtt.add_stream(stream, threshold, model.sha256)
@@ -155,6 +97,8 @@ class Sinks:
         """A stream learned its site: its new threshold (metrics, Home Assistant) and whether
         what it learned looks like a fault."""
         if self.board is not None:
+            from amulet_stream.outputs.board import describe
+
             self.board.stream_started(stream, describe(model, learned), threshold)
         if self.mqtt is not None:
             self.mqtt.add_stream(stream, threshold, model.sha256)
@@ -279,8 +223,8 @@ class Sinks:
     def close(self, timeout: float = 5.0) -> int:
         """Flush MQTT (`timeout` s at most), stop the listener; return MQTT messages left."""
         left = self.mqtt.close(timeout) if self.mqtt is not None else 0
-        if self._server is not None:
-            self._server.shutdown()
+        if self.listener is not None:
+            self.listener.close()
         if self.history is not None:
             self.history.close()
         return left
@@ -291,9 +235,11 @@ def _history(cfg: Config, state_dir: Path | None) -> History | None:
     cannot be used: monitoring goes on without it."""
     if state_dir is None:
         return None
+    from amulet_stream.outputs.history import FILE, History, HistoryError
+
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        return History(state_dir / HISTORY_FILE, cfg.history)
+        return History(state_dir / FILE, cfg.history)
     except (HistoryError, OSError) as err:
         _LOGGER.error("%s; monitoring goes on without an event history", err)
         return None

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 from scipy.signal import butter, lfilter, lfilter_zi
 
-from amulet_stream.audio.resample import StreamResampler
 from amulet_stream.synth.faults import Effect
+from amulet_stream.synth.polyphase import PolyphaseResampler
 from amulet_stream.synth.spec import F32, F64, NOMINAL_LOAD, Fault, Motor, Run, Scene
 
 Gain = F64 | float
@@ -100,7 +100,7 @@ def generate_blocks(
     depend on `rate` and memory stays bounded however long the recording. The healthy sound and
     the 'bearing' and 'imbalance' faults are frozen (same arguments, same bits); the other kinds
     are made in faults.py."""
-    resampler = StreamResampler(MASTER_RATE, rate)
+    resampler = PolyphaseResampler(MASTER_RATE, rate)
     for block in _master_blocks(seconds, seed, motor or Motor(), fault):
         out = resampler.process(block)
         if out.size:

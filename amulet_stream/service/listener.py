@@ -1,4 +1,5 @@
-"""[metrics]: the HTTP listener's address, /submit and its limits, TLS and basic auth."""
+"""[metrics] and [ui]: the HTTP listener's address, /submit and its limits, TLS and basic auth,
+and the console; plain settings, so that reading a config does not load the listener."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amulet_stream.text import shown
+
+DEFAULT_PORT = 8491
+"""Outside 9100-9999, the range the Prometheus default-port list gives to exporters."""
 
 
 @dataclass(frozen=True)
