@@ -8,7 +8,8 @@ project's package never depends on them. At bench time, in a temporary folder: A
 example model imported with `amulet-export import-seed`, good.wav looped to --seconds (96 kHz
 stereo, as AMULET recorded it) and a generated mono file at the model's 22050 Hz. Each file is
 run once per pipeline untimed (warm caches, the agreement check), then --repeat times per
-pipeline, alternating AMULET / amulet-stream run by run, each run a fresh process under
+pipeline, alternating AMULET / amulet-stream with AMULET's model / amulet-stream with its
+default model (`amulet_stream_default_model`) run by run, each run a fresh process under
 /usr/bin/time. Medians: whole-process wall time (spawn to exit), CPU time (user + system,
 all threads), time from spawn to the first output row (AMULET prints its rows only after
 predict) and, for AMULET, to its "model_loaded" line (imports + model, threshold and scaler
@@ -178,9 +179,11 @@ def amulet_cmd(python: Path, wav: Path) -> list[str | Path]:
     return [python, BENCH / "amulet_reference.py", wav, "--model-dir", SEED / "example_model"]
 
 
-def stream_cmd(model: Path, wav: Path) -> list[str | Path]:
-    """`amulet-stream replay --scores` on one file, in the project venv."""
-    return [PROJECT_BIN / "amulet-stream", "replay", wav, "--model", model, "--scores", "-q"]
+def stream_cmd(model: Path | None, wav: Path) -> list[str | Path]:
+    """`amulet-stream replay --scores` on one file, in the project venv (None: the default
+    model)."""
+    chosen: list[str | Path] = [] if model is None else ["--model", model]
+    return [PROJECT_BIN / "amulet-stream", "replay", wav, *chosen, "--scores", "-q"]
 
 
 AMULET_MARKS = {"model_loaded": '"model_loaded"', "first_row": '"event": "row"'}
@@ -244,18 +247,20 @@ def bench_file(setup: Setup, wav: Path, repeat: int) -> dict[str, Any]:
     def amulet_run() -> Run:
         return measure(amulet_cmd(setup.python, wav), AMULET_MARKS, setup.work)
 
-    def stream_run() -> Run:
-        cmd = stream_cmd(setup.model, wav)
+    def stream_run(model: Path | None) -> Run:
+        cmd = stream_cmd(model, wav)
         return measure(cmd, STREAM_MARKS, setup.work, setup.stream_env)
 
     print(f"{wav.name}: warm-up", file=sys.stderr)
-    warm_a, warm_s = amulet_run(), stream_run()
+    warm_a, warm_s, _ = amulet_run(), stream_run(setup.model), stream_run(None)
     amulet: list[Run] = []
     stream: list[Run] = []
+    default: list[Run] = []
     for i in range(repeat):
         print(f"{wav.name}: run {i + 1}/{repeat}", file=sys.stderr)
         amulet.append(amulet_run())
-        stream.append(stream_run())
+        stream.append(stream_run(setup.model))
+        default.append(stream_run(None))
     a_wall, s_wall = med(amulet, "wall_s"), med(stream, "wall_s")
     a_cpu, s_cpu = med(amulet, "cpu_s"), med(stream, "cpu_s")
     assert a_wall and s_wall and a_cpu and s_cpu
@@ -272,6 +277,8 @@ def bench_file(setup: Setup, wav: Path, repeat: int) -> dict[str, Any]:
         },
         "ratio_amulet_over_stream": a_wall / s_wall,
         "cpu_ratio_amulet_over_stream": a_cpu / s_cpu,
+        "amulet_stream_default_model": describe(default, STREAM_MARKS),
+        "ratio_amulet_over_default_model": a_wall / (med(default, "wall_s") or float("nan")),
         "agreement": agreement(warm_a, warm_s),
     }
 

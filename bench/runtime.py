@@ -26,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# as the runtime itself (amulet_stream/__init__.py): one OpenBLAS thread, set before numpy loads
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import numpy as np
 
 from amulet_stream.audio.sources import Block
