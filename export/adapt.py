@@ -17,7 +17,7 @@ import onnx
 from amulet_stream.audio.sources import FileSource
 from amulet_stream.audio.wav import WavError, read_info
 from amulet_stream.outputs.feedback import FOLDER as FEEDBACK
-from amulet_stream.scoring.commission import Learned
+from amulet_stream.scoring.commission import SUSPECT_RATIO, Learned
 from amulet_stream.scoring.detector import DetectorSettings
 from amulet_stream.scoring.model import Model
 from amulet_stream.scoring.model_meta import META_KEY, ModelError
@@ -131,6 +131,13 @@ def adapt_command(args: argparse.Namespace) -> int:
     _LOGGER.info("adapt: folded in %s%s", where, " and the stream's learned values" * bool(learned))
     for change in changes:
         _LOGGER.info("adapt: %s", change)
+    if threshold > SUSPECT_RATIO * model.threshold:
+        _LOGGER.warning(
+            "adapt: the threshold is now %.1fx the model's: what was marked normal sounds far "
+            "from its training audio, and the adapted model may miss faults; if it is the "
+            "machine's normal sound, train on it (--input-dir with the training audio)",
+            threshold / model.threshold,
+        )
     print(args.output)
     return EXIT_OK
 

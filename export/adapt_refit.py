@@ -21,9 +21,12 @@ from amulet_stream.scoring.model_meta import META_KEY
 
 from . import dataset, linear
 from .errors import InputError
+from .train_config import ARCHITECTURES
 from .train_data import augment
 
 _LOGGER = logging.getLogger(__name__)
+TRAINED_PROFILES = ("logmel-v1", "amulet-v1")
+"""Profiles `amulet-export train` trains (mfcc-image-v1 is the DCGAN's: `amulet-export dcgan`)."""
 
 
 def refit(
@@ -32,7 +35,7 @@ def refit(
     """A closed-form model fitted again on its training vectors plus every vector of `files`,
     exactly as if they had been in its training audio (the scaler kept); None when the model
     is not closed-form or keeps no sums. doc is updated in place."""
-    kind = doc.get("architecture", {}).get("kind")
+    kind = _kind(doc)
     stats = linear.Stats.from_model(proto) if kind in linear.KINDS else None
     if stats is None or not files:
         return None
@@ -57,6 +60,12 @@ def retrain(
     (graph, its metadata, changes)."""
     from .tfimport import train_extra
 
+    profile = doc["profile"]["name"]
+    if profile not in TRAINED_PROFILES:
+        raise InputError(
+            f"a {profile} model is not retrained by adapt (train it again with its own "
+            "command); without --input-dir adapt recalibrates it"
+        )
     inputs = dataset.list_inputs(None, input_dir) + files
     training = doc.get("training", {})
     with train_extra("adapt --input-dir"):
@@ -66,12 +75,13 @@ def retrain(
         cfg = TrainConfig(
             inputs=inputs,
             output_dir=Path(tmp) / "out",
-            profile=doc["profile"]["name"],
+            profile=profile,
             epochs=int(training.get("epochs", 20)),
             batch_size=int(training.get("batch_size", 32)),
             threshold_method=doc.get("threshold_method"),
             seed=int(training.get("seed", 10)),
-            architecture=doc.get("architecture", {}).get("kind"),
+            # another name (AMULET's imported LSTM): the profile's default, for amulet-v1 its LSTM
+            architecture=kind if (kind := _kind(doc)) in ARCHITECTURES else None,
             extra=len(files),
         )
         _LOGGER.info(
@@ -85,6 +95,13 @@ def retrain(
     seconds = new_doc["training"]["seconds"]
     change = f"retrained on {len(inputs)} file(s), {seconds:.1f} s ({len(files)} marked normal)"
     return proto, new_doc, [change]
+
+
+def _kind(doc: dict[str, Any]) -> str | None:
+    """The model's architecture: {"kind": ...} of `train`, or a name (imported, DCGAN)."""
+    arch = doc.get("architecture")
+    kind = arch.get("kind") if isinstance(arch, dict) else arch
+    return kind if isinstance(kind, str) else None
 
 
 def metadata(proto: onnx.ModelProto) -> dict[str, Any]:

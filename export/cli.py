@@ -13,6 +13,7 @@ from .cli_seed import import_seed_command
 from .cli_synth import synth_command
 from .cli_train import train_command
 from .errors import EXIT_FAIL, EXIT_INPUT, EXIT_OK
+from .train_config import ARCHITECTURES
 
 _CONSOLE = "amulet-export-console"
 
@@ -44,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--architecture",
-        choices=["dense", "lstm", "lstm-frames", "pca", "mahalanobis"],
+        choices=ARCHITECTURES,
         help="the model: Keras autoencoders (dense, lstm: AMULET's, lstm-frames: over a "
         "vector's frames) or closed-form (pca, mahalanobis) (default: lstm for amulet-v1, "
         "dense otherwise)",

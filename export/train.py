@@ -28,7 +28,6 @@ from .train_fit import FOLDS, fit_keras, folds, out_of_fold
 
 _LOGGER = logging.getLogger(__name__)
 
-ARCHITECTURES = ("dense", "lstm", "lstm-frames", *linear.KINDS)
 DEFAULT_ARCHITECTURE = {"amulet-v1": "lstm", "logmel-v1": "dense"}
 SCORE_TEXT = {
     **dict.fromkeys(

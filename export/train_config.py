@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+ARCHITECTURES = ("dense", "lstm", "lstm-frames", "pca", "mahalanobis")
+"""What `train --architecture` takes: Keras autoencoders, or closed-form (export/linear.py)."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -202,3 +202,21 @@ def test_careless_use_gets_one_line_and_nothing_written(
     assert proc.returncode == 2 and "notes.wav" in proc.stderr and not out.exists()
     proc = adapt(MODEL, "--normal", tmp_path / "notes.wav", "-o", MODEL)
     assert proc.returncode == 2 and "-o must name a new file" in proc.stderr
+
+
+def test_an_imported_amulet_model_is_recalibrated_with_a_warning(
+    seed_dir: Path, tmp_path: Path
+) -> None:
+    """AMULET's model names its architecture in words: recalibrated, not refitted; the rumble
+    it never heard lifts the threshold far, and adapt says what that risks."""
+    seed = tmp_path / "seed.onnx"
+    subprocess.run(
+        [BIN / "amulet-export", "import-seed", seed_dir / "example_model", "-o", seed],
+        capture_output=True,
+        check=True,
+    )
+    new = tmp_path / "adapted.onnx"
+    proc = adapt(seed, "--normal", write_rumble(tmp_path / "rumble.wav"), "-o", new)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "refitted" not in proc.stderr and "the adapted model may miss faults" in proc.stderr
+    assert anomalies(tmp_path / "rumble.wav", new) == 0
