@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import logging
 import queue
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from amulet_stream import __version__
 from amulet_stream.scoring.records import utc_iso
 from amulet_stream.text import STREAM_ID
+
+T = TypeVar("T")
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -81,18 +84,22 @@ def take_commands(
 ) -> list[tuple[str, float]]:
     """The (stream, learn_seconds) of the command messages (topic, payload) received so far;
     malformed ones are logged and dropped."""
-    out: list[tuple[str, float]] = []
-    while True:
-        try:
-            topic, payload = received.get_nowait()
-        except queue.Empty:
-            return out
-        stream = topic[len(prefix) + 1 : -len("/command")]
-        seconds = parse_command(payload)
-        if seconds is None or not STREAM_ID.fullmatch(stream):
-            _LOGGER.warning("mqtt: command on %s not understood: %r", topic, payload[:200])
-            continue
-        out.append((stream, seconds))
+    return [(stream, got) for stream, got in _take(received, prefix, "command", parse_command)]
+
+
+def parse_feedback(payload: bytes) -> tuple[str, str, str] | None:
+    """A label's (event_id or 'latest', 'normal' or 'fault', note), cut to 100 and 500
+    characters, or None for anything else."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or not set(doc) <= {"event_id", "label", "note"}:
+        return None
+    eid, label, note = doc.get("event_id"), doc.get("label"), doc.get("note", "")
+    if not isinstance(eid, str) or label not in ("normal", "fault") or not isinstance(note, str):
+        return None
+    return eid[:100], str(label), note[:500]
 
 
 def take_feedback(
@@ -100,22 +107,26 @@ def take_feedback(
 ) -> list[tuple[str, str, str, str]]:
     """The (stream, event_id or 'latest', label, note) of the feedback messages received so
     far; malformed ones are logged and dropped."""
-    out: list[tuple[str, str, str, str]] = []
+    return [(stream, *got) for stream, got in _take(received, prefix, "feedback", parse_feedback)]
+
+
+def _take(
+    received: queue.SimpleQueue[tuple[str, bytes]],
+    prefix: str,
+    kind: str,
+    parse: Callable[[bytes], T | None],
+) -> list[tuple[str, T]]:
+    """(stream, parsed payload) of the messages on <prefix>/<stream>/<kind> received so far;
+    those `parse` refuses, or of a malformed stream id, are logged and dropped."""
+    out: list[tuple[str, T]] = []
     while True:
         try:
             topic, payload = received.get_nowait()
         except queue.Empty:
             return out
-        stream = topic[len(prefix) + 1 : -len("/feedback")]
-        try:
-            doc = json.loads(payload)
-        except (ValueError, RecursionError):
-            doc = None
-        ok = isinstance(doc, dict) and set(doc) <= {"event_id", "label", "note"}
-        if ok and isinstance(doc, dict):
-            eid, label, note = doc.get("event_id"), doc.get("label"), doc.get("note", "")
-            ok = isinstance(eid, str) and label in ("normal", "fault") and isinstance(note, str)
-        if not ok or not STREAM_ID.fullmatch(stream) or not isinstance(doc, dict):
-            _LOGGER.warning("mqtt: feedback on %s not understood: %r", topic, payload[:200])
+        stream = topic[len(prefix) + 1 : -len(f"/{kind}")]
+        got = parse(payload)
+        if got is None or not STREAM_ID.fullmatch(stream):
+            _LOGGER.warning("mqtt: %s on %s not understood: %r", kind, topic, payload[:200])
             continue
-        out.append((stream, doc["event_id"][:100], doc["label"], doc.get("note", "")[:500]))
+        out.append((stream, got))
