@@ -9,8 +9,9 @@ import numpy as np
 from amulet_stream.scoring.detector import effective_threshold
 
 from .corpus import Corpus
-from .evaluate import Result, auc, detect, roc
+from .evaluate import Result, detect
 from .evaluate_figures import Setting, groups, window_sets
+from .roc import auc, roc
 
 
 def plots(results: list[Result], corp: Corpus, chosen: dict[str, Setting], out: Path) -> None:

@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 
 from .corpus import Corpus
-from .evaluate import Result, auc
+from .evaluate import Result
 from .evaluate_figures import CLEAR, FA_GOAL, Setting, choose, groups, sweep, window_sets
 from .evaluate_plots import plots
+from .roc import auc
 
 
 def write(

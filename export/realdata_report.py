@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .evaluate import auc, roc
 from .evaluate_report import machine
 from .realdata import LabelledSet, Outcome, Tested, loudness
+from .roc import auc, roc
 
 F64 = npt.NDArray[np.float64]
 PAUC_FPR = 0.1

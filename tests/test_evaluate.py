@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amulet_export.evaluate import Scored, alert_windows, auc, detect
+from amulet_export.evaluate import Scored, alert_windows, detect
+from amulet_export.roc import auc
 from amulet_stream.audio.wav_write import write_wav
 from amulet_stream.scoring.detector import ANOMALY, Detector, DetectorSettings
 from amulet_stream.synth.motor import generate
