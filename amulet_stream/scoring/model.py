@@ -9,6 +9,7 @@ import re
 import stat
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -133,9 +134,6 @@ class Model:
                 f"{self.meta.profile.name} gives {self.meta.profile.dim}"
             )
         self._probe()
-        self.padded = not self._rows_independent()
-        """Score in zero-padded BATCH-row calls (scores must not depend on how vectors
-        arrive); False where every row's score was found independent of the rows beside it."""
 
     def _probe(self) -> None:
         """Score zero batches of BATCH and 2 x BATCH rows: one finite score per row, or
@@ -158,6 +156,13 @@ class Model:
                     f"{self.path}: the graph gives scores of shape {res.shape} for {rows} zero "
                     f"vectors, not {rows} finite scores"
                 )
+
+    @cached_property
+    def padded(self) -> bool:
+        """Score in zero-padded BATCH-row calls (scores must not depend on how vectors
+        arrive); False where every row's score was found independent of the rows beside it.
+        Tried at the first scoring: `info` and `verify` do not pay for it."""
+        return not self._rows_independent()
 
     def _rows_independent(self) -> bool:
         """Whether onnxruntime scores each row bit-identically whatever the call's size and the
