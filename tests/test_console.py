@@ -267,7 +267,7 @@ def test_the_api_refuses_what_it_must(faulty: Path, tmp_path: Path) -> None:
 
 
 def test_the_console_stays_off_on_an_open_address_without_auth(tmp_path: Path) -> None:
-    from amulet_stream.service.listener import MetricsConfig, UiConfig, console_on
+    from amulet_stream.service.listen_settings import MetricsConfig, UiConfig, console_on
 
     assert not console_on(UiConfig(), MetricsConfig(listen="0.0.0.0:8491"))
     assert not console_on(UiConfig(), MetricsConfig(listen="[::]:8491"))

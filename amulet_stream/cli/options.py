@@ -13,7 +13,7 @@ from amulet_stream.outputs.mqtt.settings import MqttConfigError, MqttSettings
 from amulet_stream.scoring.detector import RENAMED
 from amulet_stream.scoring.model import Model, ModelConfig, default_model_path
 from amulet_stream.service.config import Config, StreamConfig, load
-from amulet_stream.service.listener import DEFAULT_PORT
+from amulet_stream.service.listen_settings import DEFAULT_PORT
 from amulet_stream.service.startup import state_dir
 
 _LOGGER = logging.getLogger("amulet_stream")

@@ -9,7 +9,7 @@ from typing import NoReturn
 from amulet_stream import __version__
 from amulet_stream.cli.options import EXIT_INPUT
 from amulet_stream.scoring.detector import RENAMED
-from amulet_stream.service.listener import DEFAULT_PORT
+from amulet_stream.service.listen_settings import DEFAULT_PORT
 
 DESCRIPTION = """\
 amulet-stream: run (live), replay (wav as a fake stream), record (training audio through

@@ -18,7 +18,7 @@ from amulet_stream.scoring.detector import RENAMED, DetectorSettings
 from amulet_stream.scoring.integrity import IntegritySettings
 from amulet_stream.scoring.model import ModelConfig
 from amulet_stream.service.config_keys import SOURCE, TYPES, ConfigError, read_text
-from amulet_stream.service.listener import MetricsConfig, UiConfig
+from amulet_stream.service.listen_settings import MetricsConfig, UiConfig
 from amulet_stream.service.settings import DaemonConfig
 from amulet_stream.text import STREAM_ID, cut, shown
 

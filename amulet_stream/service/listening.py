@@ -19,7 +19,7 @@ from amulet_stream.outputs.history import History
 from amulet_stream.outputs.metrics import Metrics
 from amulet_stream.scoring.model import Model
 from amulet_stream.service.config import Config
-from amulet_stream.service.listener import console_on
+from amulet_stream.service.listen_settings import console_on
 
 _LOGGER = logging.getLogger(__name__)
 RELISTEN = 10.0
