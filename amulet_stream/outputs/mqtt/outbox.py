@@ -108,6 +108,19 @@ class Outbox:
                 out[msg.kind] += 1
             return out
 
+    def describe_left(self) -> str:
+        """What is still queued at exit, and what becomes of it, in words."""
+        queued = self.queued_by_kind()
+        kinds = ", ".join(f"{k} {n}" for k, n in queued.items() if n)
+        kept = queued["alert"] + queued["state"]
+        if self.folder is None:
+            where = "; they are lost (no state directory keeps them)"
+        elif kept:
+            where = f"; {kept} alert/state message(s) wait in {self.folder} for the next start"
+        else:
+            where = ""
+        return f"{sum(queued.values())} message(s) not delivered at exit ({kinds}){where}"
+
     @property
     def dropped_by_kind(self) -> dict[str, int]:
         """Messages dropped so far (bound reached, refused by the broker...), by kind."""

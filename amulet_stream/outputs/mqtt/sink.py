@@ -198,17 +198,7 @@ class MqttSink:
             time.sleep(0.02)  # memory only: give a reconnect its chance until the deadline
         left = len(self.outbox)
         if left:
-            queued = self.outbox.queued_by_kind()
-            kinds = ", ".join(f"{k} {n}" for k, n in queued.items() if n)
-            folder = self.outbox.folder
-            kept = queued["alert"] + queued["state"]
-            if folder is None:
-                where = "; they are lost (no state directory keeps them)"
-            elif kept:
-                where = f"; {kept} alert/state message(s) wait in {folder} for the next start"
-            else:
-                where = ""
-            _LOGGER.warning("mqtt: %d message(s) not delivered at exit (%s)%s", left, kinds, where)
+            _LOGGER.warning("mqtt: %s", self.outbox.describe_left())
         self._stop.set()
         self._wake.set()
         if self._sender.is_alive():
