@@ -292,3 +292,46 @@ def test_level_range_from_metadata() -> None:
     for broken in ({"p1": -20.0, "p99": -30.0}, {"p1": "x", "p99": -3.0}, [1, 2]):
         with pytest.raises(ValueError, match=r"^input_level_dbfs in the model metadata"):
             level_range({"input_level_dbfs": broken})
+
+
+class _FullScan(IntegrityCheck):
+    """The check without its grid shortcut for runs of zeros: every sample scanned."""
+
+    def _no_long_run(self, flat: F32) -> bool:
+        return False
+
+
+class _Counted(IntegrityCheck):
+    """The check as it is, counting the pushes its grid shortcut decided."""
+
+    shortcuts = 0
+
+    def _no_long_run(self, flat: F32) -> bool:
+        taken = super()._no_long_run(flat)
+        self.shortcuts += taken
+        return taken
+
+
+@pytest.mark.parametrize("dropout_ms", [0.0625, 0.125, 1.0, 20.0])
+def test_the_zero_run_shortcut_finds_what_a_full_scan_finds(dropout_ms: float) -> None:
+    """Runs of zeros one shorter than, as long as and longer than a dropout, anywhere (across
+    push edges too), among dense isolated zeros: the grid shortcut gives the same gaps, counts
+    and carried run as scanning every sample, push by push."""
+    rng = np.random.default_rng(int(dropout_ms * 16))
+    d = max(1, round(dropout_ms * RATE / 1000))
+    x = rng.standard_normal(30 * SEC).astype(np.float32)
+    x[rng.random(x.size) < 0.05] = 0.0  # quantisation zeros
+    for start in rng.integers(0, x.size - 3 * d, 120).tolist():
+        x[start : start + d + int(rng.integers(-2, 3)) * max(1, d // 4)] = 0.0
+    settings = IntegritySettings(dropout_ms=dropout_ms)
+    fast, full = _Counted(RATE, None, settings), _FullScan(RATE, None, settings)
+    at, found = 0, 0
+    while at < x.size:
+        piece = x[at : at + int(rng.integers(1, 3 * fast.block))]
+        at += piece.size
+        got, want = fast._gaps(piece, 1), full._gaps(piece, 1)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        assert fast._zero_run == full._zero_run
+        found += int(want[1].sum())
+    assert found > 20  # there were dropouts to find
+    assert fast.shortcuts > 0 or d < 16  # and pushes the shortcut decided

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from functools import cached_property
-
 import numpy as np
 import numpy.typing as npt
 
-from amulet_stream.scoring.features import MFCC_IMAGE, Profile
+from amulet_stream.scoring.features import MFCC_IMAGE, Profile, rows_of
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -35,9 +33,8 @@ def even_rows_exact(profile: Profile) -> bool:
         exact = True
         for m in range(1, CHUNK + 1):  # every count of rows, each at some place in the chunk
             s = 7 * m % (CHUNK - m + 1)
-            part = np.zeros((m + m % 2, profile.n_fft), np.float32)
-            part[:m] = rows[s : s + m]
-            exact &= np.array_equal(profile.frame_features(part)[:m], full[s : s + m])
+            part = profile.frame_features(rows[s : s + m], m + m % 2)
+            exact &= np.array_equal(part, full[s : s + m])
         _EXACT[profile.name] = exact
     return _EXACT[profile.name]
 
@@ -59,10 +56,6 @@ class VectorStream:
         self._buf_start = 0  # stream index of _buf[0]
         self._frames = 0  # frames computed so far
         self._tail = np.zeros((0, profile.frame_dim))  # features of the last stack-1 frames
-
-    @cached_property
-    def _cols(self) -> npt.NDArray[np.int64]:
-        return np.arange(self.profile.n_fft)
 
     def _frame_start(self, j: int) -> int:
         return self.profile.offset + j * self.profile.step
@@ -104,6 +97,13 @@ class VectorStream:
     def _features(self, first: int, stop: int) -> F64:
         """Features (stop - first, K) of frames first..stop-1, in grid-aligned chunks."""
         p = self.profile
+        lo = self._frame_start(first) - self._buf_start
+        samples = self._buf[lo : lo + (stop - first - 1) * p.step + p.n_fft]
+        frames = rows_of(samples, p.n_fft, p.step)
+        bad = np.zeros(stop - first, bool)
+        if not np.isfinite(samples).all():  # rare: a NaN or inf sample; its frames are NaN
+            bad = ~np.isfinite(frames).all(axis=1)
+            frames = np.where(bad[:, None], np.float32(0.0), frames)
         out = np.empty((stop - first, p.frame_dim))
         exact = even_rows_exact(p)
         j = first
@@ -111,14 +111,10 @@ class VectorStream:
             base = j - j % CHUNK
             hi = min(stop, base + CHUNK)
             k = hi - j
-            at = 0 if exact else j - base
-            rows = np.zeros((k + k % 2 if exact else CHUNK, p.n_fft), np.float32)
-            idx = self._frame_start(j) - self._buf_start + np.arange(k) * p.step
-            rows[at : at + k] = self._buf[idx[:, None] + self._cols]
-            bad = ~np.isfinite(rows).all(axis=1)
-            rows[bad] = 0.0
-            feats = p.frame_features(rows)
-            feats[bad] = np.nan
-            out[j - first : hi - first] = feats[at : at + k]
+            rows = k + k % 2 if exact else CHUNK
+            out[j - first : hi - first] = p.frame_features(
+                frames[j - first : hi - first], rows, 0 if exact else j - base
+            )
             j = hi
+        out[bad] = np.nan
         return out

@@ -17,6 +17,7 @@ from amulet_stream.scoring.detector import Detector, DetectorSettings
 from amulet_stream.scoring.evidence import Evidence
 from amulet_stream.scoring.frames import VectorStream
 from amulet_stream.scoring.integrity import Change, IntegrityCheck
+from amulet_stream.scoring.levels import measure
 from amulet_stream.scoring.model import Model
 from amulet_stream.scoring.records import Record, StreamStats, utc_iso, verdict
 from amulet_stream.scoring.windows import WindowMeans
@@ -93,14 +94,17 @@ class StreamPipeline:
             self._t0 = block.capture_time
         samples = block.samples
         self.stats.audio_seconds += samples.shape[0] / self._source_rate
-        if samples.size:
-            finite = samples[np.isfinite(samples)]
-            rms = float(np.sqrt(np.mean(finite.astype(np.float64) ** 2))) if finite.size else 0.0
-            self.stats.level_dbfs = 20.0 * np.log10(max(rms, 1e-6))
-            self.stats.clipped += int(np.count_nonzero(np.abs(finite) >= 0.999))
         if self.integrity is not None:
             for index, change in self.integrity.push(samples):
                 self._input_change(index, change)
+            self.stats.level_dbfs, self.stats.clipped = (
+                self.integrity.level_dbfs,
+                self.integrity.clipped,
+            )
+        elif samples.size:
+            level = measure(samples.reshape(1, -1))
+            self.stats.level_dbfs = float(level.rms_dbfs[0])
+            self.stats.clipped += round(float(level.clipped[0] * level.count[0]))
         return self.vectors.push(self.resampler.process(samples))
 
     def score(self, vectors: F32, scores: F32 | None = None) -> list[Record]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from amulet_stream.scoring.features import rows_of
+
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
@@ -33,7 +35,7 @@ class WindowMeans:
             return np.zeros(0), np.zeros(0, np.int64)
         index = np.arange(self._next, last + 1, dtype=np.int64)
         firsts = index * self.hop - self._buf_start
-        spans = np.lib.stride_tricks.sliding_window_view(self._buf, self.size)[firsts]
+        spans = rows_of(self._buf, self.size, 1)[firsts]
         means = spans.astype(np.float64).mean(axis=1)
         self._next = last + 1
         drop = min(self._next * self.hop - self._buf_start, self._buf.size)
