@@ -169,17 +169,22 @@ def _decode(raw: bytes, info: WavInfo) -> npt.NDArray[np.float32]:
 
 def iter_blocks(info: WavInfo, block_frames: int = 65536) -> Iterator[npt.NDArray[np.float32]]:
     """Yield float32 (frames, channels) blocks of at most `block_frames` frames."""
-    frame_bytes = info.channels * info.bits // 8
     left = info.frames
     with info.path.open("rb") as fh:
         fh.seek(info.data_offset)
         while left > 0:
             n = min(block_frames, left)
-            raw = fh.read(n * frame_bytes)
-            if len(raw) < n * frame_bytes:
-                raise WavError(f"{info.path}: truncated while reading")
             left -= n
-            yield _decode(raw, info)
+            yield _read(fh, n, info)  # nothing of it held here while the block is processed
+
+
+def _read(fh: BinaryIO, frames: int, info: WavInfo) -> npt.NDArray[np.float32]:
+    """The next `frames` frames of an open wav's data, decoded."""
+    want = frames * info.channels * info.bits // 8
+    raw = fh.read(want)
+    if len(raw) < want:
+        raise WavError(f"{info.path}: truncated while reading")
+    return _decode(raw, info)
 
 
 def select_channel(block: npt.NDArray[np.float32], channel: int | None) -> npt.NDArray[np.float32]:

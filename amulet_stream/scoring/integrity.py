@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass
 
@@ -258,7 +259,7 @@ class IntegrityCheck:
         """Human text for reason REASONS[code] from the blocks that raised it."""
         rows = [e for e in self._recent if e[0] == code]
         s, secs = self.settings, self._need * BLOCK_SECONDS
-        db = float(np.median([e[1] for e in rows]))
+        db = statistics.median(e[1] for e in rows)  # np.median would import numpy.ma: 20 ms
         name = REASONS[code]
         if name == "rate":
             return self.wrong_rate or "the source delivers at the wrong rate"

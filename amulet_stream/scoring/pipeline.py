@@ -15,7 +15,7 @@ from amulet_stream.audio.sources import Block, FileSource
 from amulet_stream.scoring.commission import Learned, Site
 from amulet_stream.scoring.detector import Detector, DetectorSettings
 from amulet_stream.scoring.evidence import Evidence
-from amulet_stream.scoring.frames import VectorStream
+from amulet_stream.scoring.frames import VectorStream, even_rows_exact
 from amulet_stream.scoring.integrity import Change, IntegrityCheck
 from amulet_stream.scoring.levels import measure
 from amulet_stream.scoring.model import Model
@@ -62,6 +62,8 @@ class StreamPipeline:
                 "%s: resampling %d Hz -> %d Hz for the model", file or stream, source_rate, p.rate
             )
         self.vectors = VectorStream(p)
+        even_rows_exact(p)  # the one-off probes now, not in the first block's time
+        _ = model.padded
         self.windows = WindowMeans(p.vectors, self.hop)
         self.evidence = Evidence(model, self.hop)
         self.site = Site(model, self.detector, self.evidence, learned)
