@@ -7,7 +7,7 @@ written to its stdin, layout `stdin`), the default model, the Prometheus listene
 
 Layouts: `card8` (default) puts 8 streams on the 8 channels of one wav, as one 8-channel
 USB interface per 8 motors would (one feed thread per 8 streams, each channel a different
-signal; a realtime file delivers 0.1 s blocks); `mono` gives every stream its own mono wav
+signal; a realtime file delivers 0.25 s blocks, as a sound card); `mono` gives every stream its own mono wav
 (one feed thread per stream, the worst case); `stdin` feeds one N-channel S16_LE stream on
 stdin, written at real time by the bench (0.25 s blocks, as a sound card delivers). Streams
 of the same file and settings share one feed thread in the daemon, so the same file for

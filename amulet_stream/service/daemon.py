@@ -43,7 +43,9 @@ from amulet_stream.service.supervisor import EXIT_OK, Supervisor
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TICK_SECONDS = 0.1
+TICK_SECONDS = 0.25
+"""The loop's turn without audio (timers: stalls, MQTT labels, the watchdog); audio and
+signals wake it at once. Each idle turn costs about 0.3 ms of CPU."""
 BLOCKS_PER_TICK = 4
 """At most this many blocks (1 s) of a stream per tick: a backlog is worked off in steps, so
 a clip's pre-trigger audio is still in its ring when the alert comes."""
