@@ -113,7 +113,7 @@ class Metrics:
         )
         self.level = Gauge(
             "amulet_input_level_dbfs",
-            "RMS level (dBFS) of the latest block of input audio.",
+            "RMS level (dBFS) of the latest 0.25 s of input audio (the input checks' block).",
             s,
             registry=registry,
         )
