@@ -8,7 +8,6 @@ import json
 import logging
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import FrameType
@@ -87,6 +86,8 @@ def replay(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if not args.demo:
         return _replay_files(args, cfg, list(args.files))
+    import tempfile  # here: it loads shutil, which a replay of files never needs
+
     with tempfile.TemporaryDirectory(prefix="amulet-demo-") as tmp:
         return _replay_files(args, cfg, [*args.files, _demo_file(Path(tmp))])
 

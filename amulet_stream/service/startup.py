@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
+import platform
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +22,7 @@ class DaemonError(ValueError):
 
 def default_client_id(streams: tuple[StreamConfig, ...]) -> str:
     """amulet-<host>-<stream ids>: stable across restarts (HA ids and availability depend on it)."""
-    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in platform.node())
     ids = "-".join(sorted(s.id for s in streams))
     if len(ids) > 40:  # many streams: a digest of the ids keeps the id short and distinct
         ids = hashlib.sha256(ids.encode()).hexdigest()[:16]
