@@ -7,11 +7,11 @@ written to its stdin, layout `stdin`), the default model, the Prometheus listene
 
 Layouts: `card8` (default) puts 8 streams on the 8 channels of one wav, as one 8-channel
 USB interface per 8 motors would (one feed thread per 8 streams, each channel a different
-signal; a realtime file delivers 0.25 s blocks, as a sound card); `mono` gives every stream its own mono wav
-(one feed thread per stream, the worst case); `stdin` feeds one N-channel S16_LE stream on
-stdin, written at real time by the bench (0.25 s blocks, as a sound card delivers). Streams
-of the same file and settings share one feed thread in the daemon, so the same file for
-every stream would hide the per-source cost: it is never used here.
+signal; a realtime file delivers 0.25 s blocks, as a sound card); `mono` gives every stream
+its own mono wav (one feed thread per stream, the worst case); `stdin` feeds one N-channel
+S16_LE stream on stdin, written at real time by the bench (0.25 s blocks, as a sound card
+delivers). Streams of the same file and settings share one feed thread in the daemon, so
+the same file for every stream would hide the per-source cost: it is never used here.
 
     python bench/streams.py sweep [--counts 1,128,...] [--layout card8|mono|stdin] [--repeat 3]
     python bench/streams.py memory [--counts 1,10,100] [--repeat 3] [--settle 20]

@@ -12,6 +12,8 @@ import pytest
 
 from amulet_stream.audio.sources import Block
 from amulet_stream.audio.wav_write import write_wav
+from amulet_stream.scoring.integrity import IntegrityCheck
+from amulet_stream.scoring.levels import level_range
 from amulet_stream.scoring.model import Model, default_model_path
 from amulet_stream.scoring.pipeline import StreamPipeline
 from amulet_stream.synth.motor import generate
@@ -73,3 +75,37 @@ def test_too_short_recording_is_not_good(tmp_path: Path) -> None:
     assert amulet.returncode == 2
     doc = json.loads(amulet.stdout)
     assert doc["verdict"] == "too_short" and doc["Analysis"] == [] and "0.60 s" in doc["error"]
+
+
+def test_input_problems_come_in_time_order_whatever_the_block_length() -> None:
+    """An input problem is announced before the first window that ends after it took effect,
+    not when its block was read: with blocks of 0.25 s to 10 s of 48 kHz audio (a block
+    may hold seconds of windows before the problem), the same state events in the same
+    order, at non-decreasing times, and the same scores."""
+    model = Model(default_model_path())
+    rate = 48000
+    x = generate(30.0, rate, seed=4)
+    x[9 * rate : 12 * rate] = np.clip(x[9 * rate : 12 * rate] * 30, -1, 1)  # clipping
+    x[18 * rate : 21 * rate] = 0.0  # the input goes silent
+    runs = []
+    for seconds in (0.25, 1.37, 2.73, 10.0):
+        pipe = StreamPipeline(
+            model, rate, integrity=IntegrityCheck(rate, level_range(model.meta.raw))
+        )
+        block = round(seconds * rate)
+        recs = [
+            r for i in range(0, x.size, block) for r in pipe.feed(Block(x[i : i + block], None))
+        ]
+        recs += pipe.finish()
+        runs.append([(r["event"], r["end"], r["score"], r.get("reason")) for r in recs])
+    events = [e for e in runs[0] if e[0] != "score"]
+    assert [(e[0], e[3]) for e in events] == [
+        ("normal", None),
+        ("input_problem", "clipping"),
+        ("normal", None),
+        ("input_problem", "silence"),
+        ("normal", None),
+    ]
+    ends = [e[1] for e in runs[0]]
+    assert ends == sorted(ends)
+    assert all(run == runs[0] for run in runs[1:])

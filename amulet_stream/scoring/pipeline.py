@@ -73,7 +73,9 @@ class StreamPipeline:
         """The stream's state as last announced: None until the first state record."""
         self._source_rate = source_rate
         self._t0: float | None = None  # capture time of the stream's first sample
-        self._pending: list[Record] = []  # input-problem records of the latest block
+        self._changes: list[tuple[int, Change]] = []  # input changes (source sample) not yet
+        # announced: each goes out before the first window that ends after it, so the events
+        # come in time order whatever the blocks' length
 
     def unit_times(self, index: int) -> tuple[float, float]:
         """(start, end) in seconds from the stream start of window `index`.
@@ -97,8 +99,7 @@ class StreamPipeline:
         samples = block.samples
         self.stats.audio_seconds += samples.shape[0] / self._source_rate
         if self.integrity is not None:
-            for index, change in self.integrity.push(samples):
-                self._input_change(index, change)
+            self._changes += self.integrity.push(samples)
             self.stats.level_dbfs, self.stats.clipped = (
                 self.integrity.level_dbfs,
                 self.integrity.clipped,
@@ -112,16 +113,15 @@ class StreamPipeline:
     def score(self, vectors: F32, scores: F32 | None = None) -> list[Record]:
         """Window scores and state changes from new vectors (n, D) and, when the caller has
         already scored them, their scores (n,); else the model scores them here."""
-        records, self._pending = self._pending, []
         if vectors.shape[0] == 0:
-            return records
+            return []
         t_batch = time.perf_counter()
         if scores is None:
             clean, first = self.model_input(vectors)
             scores = self.model.score_vectors(clean, first)
         scores = np.where(np.isfinite(vectors).all(axis=1), scores, np.float32(np.nan))
         levels = self.evidence.push(vectors, self.vectors.vectors)
-        return records + self._windows(scores.astype(np.float32), levels, t_batch)
+        return self._windows(scores.astype(np.float32), levels, t_batch)
 
     def model_input(self, vectors: F32) -> tuple[F32, int]:
         """The vectors as the model takes them (NaN/inf rows zeroed) and the stream index of the
@@ -137,6 +137,7 @@ class StreamPipeline:
         """End of stream: flush the resampler and the last (padded) frames."""
         records = self.score(self.vectors.push(self.resampler.flush()))
         records += self.score(self.vectors.finish())
+        records += self._changes_before(None)
         if self.stats.windows + self.stats.skipped_windows == 0:
             self.stats.too_short = True
             _LOGGER.warning("%s: %s", self.file or self.stream, self.too_short_message())
@@ -174,12 +175,21 @@ class StreamPipeline:
             **extra,
         }
 
-    def _input_change(self, index: int, change: Change) -> None:
+    def _changes_before(self, end: float | None) -> list[Record]:
+        """The input changes that took effect before `end` s of the stream (None: all), in
+        order: their records (input_problem; back to ok has none)."""
+        records: list[Record] = []
+        while self._changes and (end is None or self._changes[0][0] < end * self._source_rate):
+            index, change = self._changes.pop(0)
+            records += self._input_change(index, change)
+        return records
+
+    def _input_change(self, index: int, change: Change) -> list[Record]:
         """An input-integrity change at source sample `index`: input_problem or back to ok."""
         self.detector.reset()
         if change.state == "ok":
             _LOGGER.info("%s: input ok again: %s", self.file or self.stream, change.detail)
-            return  # the detector announces the next state once it has seen enough audio
+            return []  # the detector announces the next state once it has seen enough audio
         t = index / self._source_rate
         when = None if self._t0 is None else self._t0 + t
         assert self.integrity is not None
@@ -193,9 +203,9 @@ class StreamPipeline:
         }
         _LOGGER.warning("%s: input problem: %s", self.file or self.stream, change.detail)
         self.stats.input_problems += 1
-        self._pending.append(
+        return [
             self._state("input_problem", base, when, reason=change.reason, detail=change.detail)
-        )
+        ]
 
     def _windows(self, scores: F32, levels: F64 | None, t_batch: float) -> list[Record]:
         means, index = self.windows.push(scores)
@@ -221,6 +231,8 @@ class StreamPipeline:
         for n, (i, spectral, ok) in enumerate(
             zip(index.tolist(), means.tolist(), finite.tolist(), strict=True)
         ):
+            t_start, t_end = self.unit_times(i)
+            records += self._changes_before(t_end)
             if not ok:
                 continue
             level = float(levels[n]) if levels is not None else float("nan")
@@ -228,7 +240,6 @@ class StreamPipeline:
             term = self.evidence.term(level, self.site.threshold, floor)
             extra = self.evidence.level_db(level)
             score = spectral if term is None else max(spectral, term)
-            t_start, t_end = self.unit_times(i)
             # a window over audio that is not the motor's (input problem) is reported, never
             # anomalous: the detector does not see it
             held = self.integrity is not None and self.integrity.troubled(
