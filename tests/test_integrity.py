@@ -11,10 +11,12 @@ import pytest
 
 from amulet_stream.audio.sources import FileSource
 from amulet_stream.audio.wav import read_info
+from amulet_stream.scoring.dropouts import ZeroRuns
 from amulet_stream.scoring.integrity import REASONS, Change, IntegrityCheck, IntegritySettings
 from amulet_stream.scoring.levels import (
     _measure_wide,
     block_levels,
+    block_size,
     level_range,
     level_summary,
     measure,
@@ -300,20 +302,20 @@ def test_level_range_from_metadata() -> None:
             level_range({"input_level_dbfs": broken})
 
 
-class _FullScan(IntegrityCheck):
-    """The check without its grid shortcut for runs of zeros: every sample scanned."""
+class _FullScan(ZeroRuns):
+    """The dropout finder without its grid shortcut for runs of zeros: every sample scanned."""
 
-    def _no_long_run(self, flat: F32) -> bool:
+    def no_long_run(self, flat: F32) -> bool:
         return False
 
 
-class _Counted(IntegrityCheck):
-    """The check as it is, counting the pushes its grid shortcut decided."""
+class _Counted(ZeroRuns):
+    """The dropout finder as it is, counting the pushes its grid shortcut decided."""
 
     shortcuts = 0
 
-    def _no_long_run(self, flat: F32) -> bool:
-        taken = super()._no_long_run(flat)
+    def no_long_run(self, flat: F32) -> bool:
+        taken = super().no_long_run(flat)
         self.shortcuts += taken
         return taken
 
@@ -329,15 +331,15 @@ def test_the_zero_run_shortcut_finds_what_a_full_scan_finds(dropout_ms: float) -
     x[rng.random(x.size) < 0.05] = 0.0  # quantisation zeros
     for start in rng.integers(0, x.size - 3 * d, 120).tolist():
         x[start : start + d + int(rng.integers(-2, 3)) * max(1, d // 4)] = 0.0
-    settings = IntegritySettings(dropout_ms=dropout_ms)
-    fast, full = _Counted(RATE, None, settings), _FullScan(RATE, None, settings)
+    block = block_size(RATE)  # the input checks' block
+    fast, full = _Counted(d), _FullScan(d)
     at, found = 0, 0
     while at < x.size:
-        piece = x[at : at + int(rng.integers(1, 3 * fast.block))]
+        piece = x[at : at + int(rng.integers(1, 3 * block))]
         at += piece.size
-        got, want = fast._gaps(piece, 1), full._gaps(piece, 1)
+        got, want = fast.gaps(piece, 1), full.gaps(piece, 1)
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
-        assert fast._zero_run == full._zero_run
+        assert fast.carried == full.carried
         found += int(want[1].sum())
     assert found > 20  # there were dropouts to find
     assert fast.shortcuts > 0 or d < 16  # and pushes the shortcut decided

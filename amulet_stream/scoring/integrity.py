@@ -11,13 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from amulet_stream.scoring.dropouts import ZeroRuns
 from amulet_stream.scoring.levels import BLOCK_SECONDS, CHUNK, Blocker, block_size, measure
 
 _LOGGER = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
 
 REASONS = (
     "non_finite",
@@ -104,9 +103,8 @@ class IntegrityCheck:
         self.block = block_size(rate)
         self._need = max(1, math.ceil(s.problem_seconds / BLOCK_SECONDS - 1e-9))
         self._clear = max(1, math.ceil(s.clear_seconds / BLOCK_SECONDS - 1e-9))
-        self._dropout = max(1, round(s.dropout_ms * rate / 1000.0))
         self._blocker = Blocker(self.block)
-        self._zero_run = 0  # exact zeros at the end of the judged audio
+        self._zeros = ZeroRuns(max(1, round(s.dropout_ms * rate / 1000.0)))
         self._blocks = 0  # blocks judged
         self.problem: str | None = None
         """The current reason (one of REASONS), or None."""
@@ -150,56 +148,13 @@ class IntegrityCheck:
                 return True
         return last >= self._blocks and self.problem is not None
 
-    def _gaps(self, flat: F32, nb: int) -> tuple[npt.NDArray[np.bool_], I64]:
-        """Per block: does it hold a run of exact zeros of dropout length or more, and how many
-        such runs reach that length in it (runs carry over from earlier blocks)."""
-        none = np.zeros(nb, bool), np.zeros(nb, np.int64)
-        if self._no_long_run(flat):
-            return none
-        zero = flat == 0.0
-        if not zero.any():
-            self._zero_run = 0
-            return none
-        # runs of zeros from their edges: isolated zeros (quantisation) are the usual case
-        edges = np.flatnonzero(np.diff(np.concatenate(([False], zero, [False])).view(np.int8)))
-        starts, ends = edges[::2], edges[1::2]
-        lengths = ends - starts
-        if starts[0] == 0:
-            lengths[0] += self._zero_run
-        if lengths.max() < self._dropout:  # no run reaches dropout length in these blocks
-            self._zero_run = int(lengths[-1]) if ends[-1] == flat.size else 0
-            return none
-        idx = np.arange(flat.size, dtype=np.int64)
-        last_nonzero = np.maximum.accumulate(np.where(zero, -1, idx))
-        run = np.where(zero, idx - last_nonzero, 0)
-        run[last_nonzero < 0] += self._zero_run
-        self._zero_run = int(run[-1])
-        long = (run >= self._dropout).reshape(nb, -1)
-        reached = (run == self._dropout).reshape(nb, -1).sum(axis=1)
-        return np.asarray(long.any(axis=1), bool), reached.astype(np.int64)
-
-    def _no_long_run(self, flat: F32) -> bool:
-        """True (and the run carried on updated) when no run of zeros reaches dropout length
-        in `flat`, decided on a grid of every s-th sample, s = half that length: such a run
-        holds two neighbours on the grid, or goes on from the last block (the usual case:
-        isolated quantisation zeros, read on 1/s of the samples)."""
-        s = self._dropout // 2
-        if s < 1 or flat.size < 2 * s or (self._zero_run and flat[0] == 0.0):
-            return False
-        grid = flat[::s] == 0.0
-        if (grid[1:] & grid[:-1]).any():
-            return False
-        nonzero = np.flatnonzero(flat[-2 * s :])  # so a run at the end is shorter than 2s
-        self._zero_run = 2 * s - 1 - int(nonzero[-1])
-        return True
-
     def _judge(self, blocks: F32) -> list[tuple[int, Change]]:
         """State changes from whole blocks (nb, n)."""
         nb, s = blocks.shape[0], self.settings
         stats = measure(blocks)
         self.level_dbfs = float(stats.rms_dbfs[-1])
         self.clipped += round(float(stats.clipped @ stats.count))
-        has_gap, gaps = self._gaps(blocks.reshape(-1), nb)
+        has_gap, gaps = self._zeros.gaps(blocks.reshape(-1), nb)
         db = stats.rms_dbfs
         lo, hi = self.level_range or (-math.inf, math.inf)
         cond = np.stack(
