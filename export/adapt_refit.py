@@ -21,12 +21,10 @@ from amulet_stream.scoring.model_meta import META_KEY
 
 from . import dataset, linear
 from .errors import InputError
-from .train_config import ARCHITECTURES
+from .train_config import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from .train_data import augment
 
 _LOGGER = logging.getLogger(__name__)
-TRAINED_PROFILES = ("logmel-v1", "amulet-v1")
-"""Profiles `amulet-export train` trains (mfcc-image-v1 is the DCGAN's: `amulet-export dcgan`)."""
 
 
 def refit(
@@ -61,7 +59,7 @@ def retrain(
     from .tfimport import train_extra
 
     profile = doc["profile"]["name"]
-    if profile not in TRAINED_PROFILES:
+    if profile not in DEFAULT_ARCHITECTURE:  # not trained by `train` (the DCGAN's)
         raise InputError(
             f"a {profile} model is not retrained by adapt (train it again with its own "
             "command); without --input-dir adapt recalibrates it"

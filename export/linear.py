@@ -14,9 +14,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from amulet_stream.scoring.model import INPUT_NAME, OUTPUT_NAME, RESIDUAL_NAME
 
+from .train_config import CLOSED_FORM
+
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
-KINDS = ("pca", "mahalanobis")
+KINDS = CLOSED_FORM
 OPSET = 17
 COMPONENTS = 16
 STATS = ("stats_count", "stats_sum", "stats_outer", "stats_cube", "stats_quad")

@@ -22,13 +22,12 @@ from amulet_stream.scoring.records import verdict as pipeline_verdict
 
 from . import calibrate, dataset, linear, onnx_io, outdir, plots, threshold, train_levels
 from .errors import InputError
-from .train_config import TrainConfig
+from .train_config import DEFAULT_ARCHITECTURE, TrainConfig
 from .train_data import GAIN_DB, HOLD_OUT, augment, scaler, split, window_scores
 from .train_fit import FOLDS, fit_keras, folds, out_of_fold
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_ARCHITECTURE = {"amulet-v1": "lstm", "logmel-v1": "dense"}
 SCORE_TEXT = {
     **dict.fromkeys(
         ("dense", "lstm", "lstm-frames", "pca"),

@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-ARCHITECTURES = ("dense", "lstm", "lstm-frames", "pca", "mahalanobis")
-"""What `train --architecture` takes: Keras autoencoders, or closed-form (export/linear.py)."""
+CLOSED_FORM = ("pca", "mahalanobis")
+"""The closed-form models (export/linear.py)."""
+ARCHITECTURES = ("dense", "lstm", "lstm-frames", *CLOSED_FORM)
+"""What `train --architecture` takes: Keras autoencoders, or closed-form."""
+DEFAULT_ARCHITECTURE = {"amulet-v1": "lstm", "logmel-v1": "dense"}
+"""The profiles `train` trains (mfcc-image-v1 is the DCGAN's), and each one's default model."""
 
 
 @dataclass(frozen=True)
