@@ -28,7 +28,7 @@ from amulet_stream.scoring.integrity import IntegrityCheck
 from amulet_stream.scoring.levels import level_range
 from amulet_stream.scoring.model import Model
 from amulet_stream.scoring.pipeline import StreamPipeline
-from amulet_stream.scoring.records import Record
+from amulet_stream.scoring.records import Record, verdict
 from amulet_stream.service.config import Config
 from amulet_stream.service.sinks import Sinks
 from amulet_stream.service.startup import state_dir
@@ -167,7 +167,7 @@ def _replay_one(
     finally:
         progress.close()
         sinks.stream_stopped(stream)
-    return pipe.summary(time.monotonic() - t0)
+    return _summary(pipe, time.monotonic() - t0)
 
 
 def _deliver(records: list[Record], sinks: Sinks, rows: list[Record] | None) -> None:
@@ -176,3 +176,25 @@ def _deliver(records: list[Record], sinks: Sinks, rows: list[Record] | None) -> 
         if rows is not None and rec["event"] == "score":
             rows.append(rec)
         sinks.record(rec)
+
+
+def _summary(pipe: StreamPipeline, processing_seconds: float) -> Record:
+    """The end-of-replay line for a file (with 'problem' when it was too short)."""
+    s = pipe.stats
+    problem = pipe.problem()
+    extra = {"problem": problem} if problem is not None else {}
+    return {
+        "event": "summary",
+        "stream": pipe.stream,
+        "file": pipe.file,
+        "windows": s.windows,
+        "anomalies": s.anomalous_windows,
+        "anomaly_events": s.anomaly_events,
+        "skipped_windows": s.skipped_windows,
+        "verdict": verdict(s),
+        "max_score": s.max_score,
+        "threshold": pipe.detector.threshold,
+        "audio_seconds": round(s.audio_seconds, 3),
+        "processing_seconds": round(processing_seconds, 3),
+        **extra,
+    }

@@ -161,7 +161,8 @@ class Model:
     def padded(self) -> bool:
         """Score in zero-padded BATCH-row calls (scores must not depend on how vectors
         arrive); False where every row's score was found independent of the rows beside it.
-        Tried at the first scoring: `info` and `verify` do not pay for it."""
+        Tried when first asked (a pipeline asks as it starts): `info` and `verify` do not
+        pay for it."""
         return not self._rows_independent()
 
     def _rows_independent(self) -> bool:

@@ -19,7 +19,7 @@ from amulet_stream.scoring.frames import VectorStream, even_rows_exact
 from amulet_stream.scoring.integrity import Change, IntegrityCheck
 from amulet_stream.scoring.levels import measure
 from amulet_stream.scoring.model import Model
-from amulet_stream.scoring.records import Record, StreamStats, utc_iso, verdict
+from amulet_stream.scoring.records import Record, StreamStats, utc_iso
 from amulet_stream.scoring.windows import WindowMeans
 
 _LOGGER = logging.getLogger(__name__)
@@ -278,27 +278,6 @@ class StreamPipeline:
                     why = self.evidence.changed(i, self.detector.cause())
                 records.append(self._state(change, base, when, **why, **self.site.doc()))
         return records
-
-    def summary(self, processing_seconds: float) -> Record:
-        """The end-of-replay line for this file (with 'problem' when it was too short)."""
-        s = self.stats
-        problem = self.problem()
-        extra = {"problem": problem} if problem is not None else {}
-        return {
-            "event": "summary",
-            "stream": self.stream,
-            "file": self.file,
-            "windows": s.windows,
-            "anomalies": s.anomalous_windows,
-            "anomaly_events": s.anomaly_events,
-            "skipped_windows": s.skipped_windows,
-            "verdict": verdict(s),
-            "max_score": s.max_score,
-            "threshold": self.detector.threshold,
-            "audio_seconds": round(s.audio_seconds, 3),
-            "processing_seconds": round(processing_seconds, 3),
-            **extra,
-        }
 
 
 def replay(pipe: StreamPipeline, source: FileSource) -> list[Record]:
