@@ -9,10 +9,12 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Generator
 from pathlib import Path
 from types import FrameType
 
-from amulet_stream.audio.sources import FileSource
+from amulet_stream.audio.readahead import read_ahead
+from amulet_stream.audio.sources import Block, FileSource
 from amulet_stream.audio.wav import WavError, read_info
 from amulet_stream.cli.options import (
     EXIT_ANOMALY,
@@ -158,16 +160,24 @@ def _replay_one(
     sinks.stream_started(stream, model, pipe.detector.threshold)
     progress = Progress(source.info.duration, path.name)
     t0 = time.monotonic()
+    # as fast as it goes: blocks read and resampled a thread ahead; paced: read when due
+    blocks = read_ahead(source, pipe.resampler) if source.speed is None else _own(source)
     try:
-        for block in source.blocks():
-            _deliver(pipe.feed(block), sinks, rows)
+        for block, resampled in blocks:
+            _deliver(pipe.feed(block, resampled), sinks, rows)
             sinks.after_block(stream, pipe.stats)
             progress.update(pipe.stats.audio_seconds)
         _deliver(pipe.finish(), sinks, rows)
     finally:
+        blocks.close()  # the read-ahead thread stops (an interrupt, a sink's error)
         progress.close()
         sinks.stream_stopped(stream)
     return _summary(pipe, time.monotonic() - t0)
+
+
+def _own(source: FileSource) -> Generator[tuple[Block, None], None, None]:
+    """The source's blocks, each left to the pipeline to resample."""
+    return ((block, None) for block in source.blocks())
 
 
 def _deliver(records: list[Record], sinks: Sinks, rows: list[Record] | None) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from amulet_stream.audio.readahead import read_ahead
 from amulet_stream.audio.resample import StreamResampler
 from amulet_stream.audio.sources import Block, FileSource
 from amulet_stream.scoring.commission import Learned, Site
@@ -88,12 +89,13 @@ class StreamPipeline:
         start = p.offset + first
         return start / p.rate, (start + p.span) / p.rate
 
-    def feed(self, block: Block) -> list[Record]:
+    def feed(self, block: Block, resampled: F32 | None = None) -> list[Record]:
         """Process one source block; return the records it completed."""
-        return self.score(self.take(block))
+        return self.score(self.take(block, resampled))
 
-    def take(self, block: Block) -> F32:
-        """Levels, input checks, resampling and features of one block: its new vectors (n, D)."""
+    def take(self, block: Block, resampled: F32 | None = None) -> F32:
+        """Levels, input checks, resampling and features of one block: its new vectors (n, D).
+        `resampled`: the block's samples already through `self.resampler` (read_ahead)."""
         if self._t0 is None:
             self._t0 = block.capture_time
         samples = block.samples
@@ -108,7 +110,9 @@ class StreamPipeline:
             level = measure(samples.reshape(1, -1))
             self.stats.level_dbfs = float(level.rms_dbfs[0])
             self.stats.clipped += round(float(level.clipped[0] * level.count[0]))
-        return self.vectors.push(self.resampler.process(samples))
+        if resampled is None:
+            resampled = self.resampler.process(samples)
+        return self.vectors.push(resampled)
 
     def score(self, vectors: F32, scores: F32 | None = None) -> list[Record]:
         """Window scores and state changes from new vectors (n, D) and, when the caller has
@@ -282,5 +286,5 @@ class StreamPipeline:
 
 def replay(pipe: StreamPipeline, source: FileSource) -> list[Record]:
     """Every record of a file fed through a pipeline as fast as it reads, end included."""
-    records = [r for block in source.blocks() for r in pipe.feed(block)]
+    records = [r for b, out in read_ahead(source, pipe.resampler) for r in pipe.feed(b, out)]
     return records + pipe.finish()
